@@ -1,0 +1,60 @@
+"""The POST /events request body, as the sample project defined it, with PutEvents limits.
+
+Decoding checks types and the per-field limits of Amazon Personalize PutEvents (the botocore
+model states them; botocore does not enforce them client-side, so we do, here, before anything
+is written). Unknown fields are refused so that a typo is an error, not silently lost data.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from schemas.errors import InvalidRequest
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class MetricAttribution(msgspec.Struct, forbid_unknown_fields=True):
+    eventAttributionSource: Id
+
+
+class Event(msgspec.Struct, forbid_unknown_fields=True):
+    eventType: Id
+    eventId: Id | None = None
+    eventValue: float | None = None
+    itemId: Id | None = None
+    impression: Annotated[list[Id], msgspec.Meta(max_length=25)] | None = None
+    properties: str | dict[str, Any] | None = None
+    recommendationId: Annotated[str, msgspec.Meta(min_length=1, max_length=40)] | None = None
+    # Epoch seconds (the sample project's unit); absent means "when received".
+    sentAt: Annotated[float, msgspec.Meta(gt=0, lt=32503680000)] | None = None
+    metricAttribution: MetricAttribution | None = None
+
+
+class Conversion(msgspec.Struct, forbid_unknown_fields=True):
+    recommender: Id
+    feature: Id
+    metric: Id
+    value: float | None = None
+
+
+class EventsBody(msgspec.Struct, forbid_unknown_fields=True):
+    sessionId: Id | None = None
+    userId: Id | None = None
+    eventList: Annotated[list[Event], msgspec.Meta(max_length=10)] = []
+    experimentConversions: Annotated[list[Conversion], msgspec.Meta(max_length=100)] = []
+
+
+_decoder = msgspec.json.Decoder(EventsBody)
+
+
+def decode_body(raw: bytes) -> EventsBody:
+    """Parse and type-check a request body; ``InvalidRequest`` names the position or path."""
+    try:
+        return _decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"Invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {exc}", code="MalformedJson") from None

@@ -1,0 +1,72 @@
+"""``POST /events/{namespace}``: validate, encode, and answer 202 once the record is durable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ingest.body import decode_body
+from ingest.events import build_record
+from schemas.codec import INTERACTION, Codec
+from schemas.config import Config
+from schemas.errors import PayloadTooLarge, UnsupportedMediaType
+from streams.base import Entry
+from streams.producer import Producer
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class EventsEndpoint:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        producer: Producer,
+        codec: Codec,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._config = config
+        self._producer = producer
+        self._codec = codec
+        self._clock = clock
+
+    async def post(self, request: Request) -> Response:
+        config = self._config()
+        namespace = config.namespace(request.path_params["namespace"])
+        _check_content_type(request.headers.get("content-type"))
+        raw = await read_body(request, config.max_body_bytes)
+        body = decode_body(raw)
+        accepted = build_record(body, namespace, config, request.headers, self._clock())
+        data = self._codec.encode(INTERACTION, accepted.record)
+        await self._producer.put(Entry(accepted.partition_key, data))
+        return JSONResponse(
+            {"accepted": accepted.events, "recordId": accepted.record["recordId"].hex()},
+            status_code=202,
+        )
+
+
+def _check_content_type(value: str | None) -> None:
+    media = (value or "").split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, not '{media or 'missing'}'"
+        )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body is {declared} bytes; the limit is {limit}")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,128 @@
+"""From a decoded request body to an interactions record, checked against the config.
+
+Everything that can make an event fail later at Personalize is refused here instead: missing
+ids, conversions naming unknown recommenders/features/metrics, ``properties`` that is not a
+JSON object or that grows past 1,024 characters once auto-context is merged in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ingest.body import Event, EventsBody
+from schemas.config import Config, Namespace
+from schemas.errors import InvalidRequest, NotFound
+from schemas.records import new_record_id, request_context
+
+MAX_PROPERTIES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A record ready to write, and what to answer once it is durable."""
+
+    partition_key: str
+    record: dict[str, Any]
+    events: int
+
+
+def build_record(
+    body: EventsBody,
+    namespace: Namespace,
+    config: Config,
+    headers: Mapping[str, str],
+    now: datetime,
+) -> Accepted:
+    if not namespace.event_targets:
+        raise NotFound(
+            f"Namespace '{namespace.key}' has no event targets configured",
+            code="EventTargetsNotConfigured",
+        )
+    if not body.eventList and not body.experimentConversions:
+        raise InvalidRequest("The request needs 'eventList' or 'experimentConversions' (or both)")
+    if body.sessionId is None:
+        raise InvalidRequest("'sessionId' is required")
+    if config.partition_key == "userId" and body.userId is None:
+        raise InvalidRequest("'userId' is required (it is this service's partition key)")
+    if body.experimentConversions and body.userId is None:
+        raise InvalidRequest("'userId' is required with 'experimentConversions'")
+    for index, conversion in enumerate(body.experimentConversions):
+        _check_conversion(namespace, conversion.recommender, conversion.feature, conversion.metric, index)
+
+    now_ms = int(now.timestamp() * 1000)
+    auto = namespace.auto_context.for_event(headers, now) if body.eventList else {}
+    events = [_event(event, index, auto, now_ms) for index, event in enumerate(body.eventList)]
+    partition_key = body.userId if config.partition_key == "userId" else body.sessionId
+    record = {
+        "recordId": new_record_id(now_ms),
+        "namespace": namespace.key,
+        "receivedAt": now_ms,
+        "partitionKeyField": config.partition_key,
+        "sessionId": body.sessionId,
+        "userId": body.userId,
+        "eventList": events,
+        "experimentConversions": [
+            {"recommender": c.recommender, "feature": c.feature, "metric": c.metric, "value": c.value}
+            for c in body.experimentConversions
+        ],
+        "context": request_context(headers),
+    }
+    return Accepted(partition_key or body.sessionId, record, len(events))
+
+
+def _check_conversion(namespace: Namespace, recommender: str, feature: str, metric: str, index: int) -> None:
+    where = f"experimentConversions[{index}]"
+    found = namespace.recommender_named(recommender)
+    if found is None:
+        raise InvalidRequest(f"{where}: recommender '{recommender}' is not configured in '{namespace.key}'")
+    experiment = found.experiments.get(feature)
+    if experiment is None:
+        raise InvalidRequest(f"{where}: recommender '{recommender}' has no experiment feature '{feature}'")
+    if metric not in experiment.metrics:
+        raise InvalidRequest(f"{where}: feature '{feature}' has no metric '{metric}'")
+
+
+def _event(event: Event, index: int, auto: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
+    return {
+        "eventId": event.eventId,
+        "eventType": event.eventType,
+        "eventValue": event.eventValue,
+        "itemId": event.itemId,
+        "impression": event.impression or [],
+        "properties": _properties(event.properties, auto, index),
+        "recommendationId": event.recommendationId,
+        "sentAt": int(event.sentAt * 1000) if event.sentAt is not None else now_ms,
+        "metricAttribution": (
+            {"eventAttributionSource": event.metricAttribution.eventAttributionSource}
+            if event.metricAttribution
+            else None
+        ),
+    }
+
+
+def _properties(given: str | dict[str, Any] | None, auto: Mapping[str, Any], index: int) -> str | None:
+    where = f"eventList[{index}].properties"
+    if isinstance(given, str):
+        try:
+            parsed = json.loads(given)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"{where} is not valid JSON: {exc.msg} (char {exc.pos})") from None
+        if not isinstance(parsed, dict):
+            raise InvalidRequest(f"{where} must be a JSON object")
+        given = parsed
+    if given is None and not auto:
+        return None
+    merged = {**auto, **(given or {})}  # the client's own values win over auto-context
+    if not merged:
+        return None
+    text = json.dumps(merged, separators=(",", ":"), ensure_ascii=False)
+    if len(text) > MAX_PROPERTIES:
+        raise InvalidRequest(
+            f"{where} is {len(text)} characters with auto-context merged in; "
+            f"Personalize accepts at most {MAX_PROPERTIES}"
+        )
+    return text

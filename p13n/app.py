@@ -1,0 +1,142 @@
+"""The ASGI application factory: the composition root of the service.
+
+``create_app`` builds everything the service holds (stream writer, producer, endpoints, metrics)
+from a ``ConfigHolder`` before the first request, so a bad config or an unusable stream fails at
+start-up. ``app_from_environment`` is the zero-argument factory uvicorn workers call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ingest.endpoint import EventsEndpoint
+from p13n.errors import HANDLERS
+from p13n.metrics import Metrics
+from p13n.middleware import ApiKeys, ObserveRequests
+from schemas.codec import Codec
+from schemas.config import Config
+from schemas.errors import P13nError
+from schemas.sources import ConfigHolder, source_for
+from streams.base import StreamReader, StreamWriter
+from streams.factory import build_reader, build_writer
+from streams.producer import Producer
+
+log = logging.getLogger("p13n.app")
+
+READY_CACHE_SECONDS = 2.0
+
+
+class Readiness:
+    """``/readyz``: the stream answers (checked at most every couple of seconds)."""
+
+    def __init__(self, reader: Callable[[], StreamReader]) -> None:
+        self._make_reader = reader
+        self._reader: StreamReader | None = None
+        self._checked_at = -READY_CACHE_SECONDS
+        self._problem: str | None = "not checked yet"
+
+    def _check(self) -> None:
+        try:
+            if self._reader is None:
+                self._reader = self._make_reader()
+            self._reader.list_shards()
+            self._problem = None
+        except P13nError as exc:
+            self._problem = exc.message
+
+    async def endpoint(self, request: Request) -> Response:
+        if time.monotonic() - self._checked_at >= READY_CACHE_SECONDS:
+            await anyio.to_thread.run_sync(self._check)
+            self._checked_at = time.monotonic()
+        if self._problem is None:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "unavailable", "reason": self._problem}, status_code=503)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(
+    holder: ConfigHolder,
+    *,
+    writer: StreamWriter | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> Starlette:
+    config = holder.current
+    metrics = Metrics()
+    producer = Producer(writer or build_writer(config), config.stream.producer, metrics)
+    metrics.watch_queue(lambda: producer.depth)
+    readiness = Readiness(lambda: build_reader(holder.current))
+    holder.subscribe(lambda old, new: _on_reload(metrics, old, new))
+    events = EventsEndpoint(holder, producer, Codec.packaged(), **({"clock": clock} if clock else {}))
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=metrics.content_type)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        producer.start()
+        holder.start()
+        log.info("p13n ready: %s", holder.current.summary(), extra={"pid": os.getpid()})
+        try:
+            yield
+        finally:
+            # Requests in flight have been answered by now; write whatever is still queued.
+            holder.stop()
+            await anyio.to_thread.run_sync(producer.close)
+            readiness.close()
+            log.info("p13n stopped: producer drained")
+
+    routes = [
+        Route("/events/{namespace}", events.post, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readiness.endpoint, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    middleware = [
+        Middleware(ObserveRequests, metrics=metrics, config=holder),
+        Middleware(ApiKeys, config=holder),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )
+
+
+def _on_reload(metrics: Metrics, old: Config, new: Config) -> None:
+    metrics.config_reloads.inc()
+    if old.stream != new.stream or old.data_dir != new.data_dir:
+        log.warning("stream settings changed in the config; they take effect after a restart")
+
+
+def holder_from_environment() -> ConfigHolder:
+    """Config from ``P13N_CONFIG`` (or the built-in default), ``P13N_DATA_DIR`` overriding."""
+    data_dir = os.environ.get("P13N_DATA_DIR")
+
+    def adjust(config: Config) -> Config:
+        return config.with_data_dir(data_dir) if data_dir else config
+
+    return ConfigHolder(source_for(None), adjust=adjust)
+
+
+def app_from_environment() -> Starlette:
+    return create_app(holder_from_environment())

@@ -1,0 +1,153 @@
+"""The ``p13n`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from schemas.config import Config, validate_document
+from schemas.errors import ConfigError, P13nError
+from schemas.sources import ConfigHolder, FileSource, source_for
+
+EXIT_INVALID = 2
+
+
+def _holder(args: argparse.Namespace) -> ConfigHolder:
+    data_dir = getattr(args, "data_dir", None)
+
+    def adjust(config: Config) -> Config:
+        return config.with_data_dir(data_dir) if data_dir else config
+
+    return ConfigHolder(source_for(args.config), adjust=adjust)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from p13n import logs
+
+    logs.configure(args.log_level)
+    # Validate before forking workers: a bad config fails here, at once, with its reasons.
+    holder = _holder(args)
+    if args.config:
+        os.environ["P13N_CONFIG"] = args.config
+    if args.data_dir:
+        os.environ["P13N_DATA_DIR"] = args.data_dir
+    if args.workers > 1:
+        uvicorn.run(
+            "p13n.app:app_from_environment",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_config=None,
+            access_log=False,
+        )
+        return 0
+    from p13n.app import create_app
+
+    uvicorn.run(
+        create_app(holder),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    source = FileSource(args.path)
+    try:
+        document = json.loads(source.read())
+    except json.JSONDecodeError as exc:
+        print(f"{args.path}: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", file=sys.stderr)
+        return EXIT_INVALID
+    except ConfigError as exc:
+        print(exc.message, file=sys.stderr)
+        return EXIT_INVALID
+    errors = validate_document(document)
+    if errors:
+        print(f"{args.path}: {len(errors)} error(s)", file=sys.stderr)
+        for path, reason in errors:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return EXIT_INVALID
+    from schemas.config import load_config
+
+    print(f"{args.path}: valid — {load_config(document, source=args.path).summary()}")
+    return 0
+
+
+def cmd_stream_tail(args: argparse.Namespace) -> int:
+    from p13n.tail import tail
+    from streams.factory import build_reader
+
+    config = _holder(args).current
+    reader = build_reader(config)
+    # Ctrl-C / SIGTERM end a --follow cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        tail(reader, sys.stdout, from_start=args.from_start, follow=args.follow, limit=args.limit)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        reader.close()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="p13n", description="Real-time personalization layer.")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--config",
+            help="config file, or appconfig://APP/ENV/PROFILE (default: $P13N_CONFIG, else built-in)",
+        )
+        p.add_argument("--data-dir", help="runtime data folder (default: the config's dataDir, .p13n)")
+        return p
+
+    serve = with_config(commands.add_parser("serve", help="run the HTTP service"))
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    config = commands.add_parser("config", help="work with config documents")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    validate = config_commands.add_parser("validate", help="check a config file")
+    validate.add_argument("path")
+    validate.set_defaults(func=cmd_config_validate)
+
+    stream = commands.add_parser("stream", help="look into the stream")
+    stream_commands = stream.add_subparsers(dest="stream_command", required=True)
+    tail = with_config(stream_commands.add_parser("tail", help="print decoded records as JSON lines"))
+    tail.add_argument("--from-start", action="store_true", help="from the oldest retained record")
+    tail.add_argument("--limit", type=int, help="stop after N records")
+    tail.add_argument("--follow", action="store_true", help="keep waiting for new records")
+    tail.set_defaults(func=cmd_stream_tail)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"p13n: {exc.message}", file=sys.stderr)
+        for path, reason in exc.errors:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return EXIT_INVALID
+    except P13nError as exc:
+        print(f"p13n: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

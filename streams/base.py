@@ -1,0 +1,164 @@
+"""The stream contracts: what a writer promises, what a reader yields, what a checkpoint means.
+
+A *stream* is a set of shards. Every user record has a partition key; the key's hash key is the
+MD5 of its UTF-8 bytes read as a 128-bit big-endian integer, and the record lands on the open
+shard whose hash-key range contains it (see ``streams.hashing``). Records of one key therefore
+stay on one shard, and a shard keeps them in write order.
+
+Positions are ``(sequence_number, sub_sequence)``. ``sequence_number`` is a decimal string that
+increases within a shard (compare with ``int()``); ``sub_sequence`` numbers the user records
+packed into one aggregated Kinesis record (0 for records that were not aggregated). A
+checkpoint names the last position a consumer has *settled*; reading resumes right after it.
+
+Backends: the embedded SQLite log (``streams.embedded``) and Amazon Kinesis
+(``streams.kinesis``). Both implement the three protocols below; code above this room sees only
+these protocols, built by ``streams.factory``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One user record to write: opaque bytes routed by ``partition_key``."""
+
+    partition_key: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """Where a written entry became durable."""
+
+    shard_id: str
+    sequence_number: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteStats:
+    """What one ``put_batch`` cost in the stream: records and bytes as the stream counts them
+    (an aggregated Kinesis record counts once), and calls made (including retries)."""
+
+    stream_records: int = 0
+    stream_bytes: int = 0
+    calls: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """A shard and its lineage. ``parent_ids`` are finished before this shard is read
+    (a split has one parent, a merge two). ``closed`` shards accept no more writes."""
+
+    shard_id: str
+    starting_hash_key: int
+    ending_hash_key: int
+    parent_ids: tuple[str, ...] = ()
+    closed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A point in a shard, after which reading resumes."""
+
+    sequence_number: str
+    sub_sequence: int = 0
+
+    def key(self) -> tuple[int, int]:
+        return (int(self.sequence_number), self.sub_sequence)
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """One user record read back from a shard, already deaggregated."""
+
+    shard_id: str
+    sequence_number: str
+    sub_sequence: int
+    partition_key: str
+    data: bytes
+    arrival_ms: int
+    # Kinesis: the hash key the record was routed by. After a reshard it may fall outside
+    # the shard it was read from; readers must deliver it anyway, never drop it.
+    explicit_hash_key: int | None = None
+
+    @property
+    def position(self) -> Position:
+        return Position(self.sequence_number, self.sub_sequence)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBatch:
+    """One read from a shard cursor.
+
+    ``records`` may be empty while the shard is still open (nothing new yet).
+    ``end_of_shard`` is true once a closed shard has been read to its end: the consumer
+    finishes it and may then start its children. ``millis_behind_latest`` is the backend's
+    estimate of the reader's lag (0 when caught up).
+    """
+
+    records: Sequence[UserRecord] = field(default_factory=tuple)
+    end_of_shard: bool = False
+    millis_behind_latest: int = 0
+
+
+class StreamWriter(Protocol):
+    """Writes batches of user records durably.
+
+    ``put_batch`` returns only once every entry is durable (SQLite transaction committed,
+    or PutRecords succeeded for it), with one ``Written`` per entry in entry order. Entries
+    with the same partition key keep their relative order in their shard. Failures that a
+    later call may fix raise ``schemas.errors.RetryableError`` subclasses (``Unavailable``,
+    ``Throttled``); then none, some or all entries may have been written (at least once).
+    Implementations are called from one thread at a time.
+    """
+
+    def put_batch(self, entries: Sequence[Entry]) -> tuple[list[Written], WriteStats]: ...
+
+    def check(self) -> None:
+        """Raise ``Unavailable`` unless the stream can be reached now."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ShardCursor(Protocol):
+    """Reads one shard forward from a position. Not thread-safe; one cursor per reader."""
+
+    def read(self, limit: int = 1000) -> ReadBatch: ...
+
+    def close(self) -> None: ...
+
+
+class StreamReader(Protocol):
+    """Lists shards and opens cursors; safe to use from several processes at once."""
+
+    def list_shards(self) -> list[Shard]: ...
+
+    def open(
+        self, shard_id: str, after: Position | None = None, *, at_end: bool = False
+    ) -> ShardCursor:
+        """A cursor that yields the records strictly after ``after``, or from the oldest
+        retained record when ``after`` is None — or, with ``at_end``, only records written
+        after the cursor was opened (Kinesis' LATEST)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class CheckpointStore(Protocol):
+    """Durable per-(group, shard) positions.
+
+    ``save`` returns once the position is durable. A checkpoint means: every user record
+    of this shard up to and including ``position`` has been settled (delivered, or
+    dead-lettered) by ``group``; after a restart the group reads from the next record.
+    """
+
+    def load(self, group: str, shard_id: str) -> Position | None: ...
+
+    def save(self, group: str, shard_id: str, position: Position) -> None: ...
+
+    def close(self) -> None: ...

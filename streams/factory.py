@@ -1,0 +1,73 @@
+"""Building stream backends from the config: the one place stream types are registered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from schemas.config import Config
+from schemas.errors import ConfigError
+from streams.base import StreamReader, StreamWriter
+
+
+@dataclass(frozen=True)
+class Backend:
+    writer: Callable[[Config], StreamWriter]
+    reader: Callable[[Config], StreamReader]
+
+
+def _embedded_writer(config: Config) -> StreamWriter:
+    from streams.embedded import EmbeddedWriter
+
+    stream = config.stream
+    return EmbeddedWriter(config.stream_path(), stream.shards, stream.retention_hours)
+
+
+def _embedded_reader(config: Config) -> StreamReader:
+    from streams.embedded import EmbeddedReader
+
+    return EmbeddedReader(config.stream_path())
+
+
+def _kinesis_client(config: Config):  # type: ignore[no-untyped-def]
+    from streams.aws import client
+
+    # The producer's writer retries failed entries itself; one botocore attempt avoids
+    # multiplying the two layers of retries.
+    return client(
+        "kinesis", region=config.stream.region, endpoint_url=config.stream.endpoint_url, max_attempts=1
+    )
+
+
+def _kinesis_writer(config: Config) -> StreamWriter:
+    from streams.kinesis import KinesisWriter
+
+    name = config.stream.stream_name or ""
+    return KinesisWriter(_kinesis_client(config), name, aggregate=config.stream.aggregate)
+
+
+def _kinesis_reader(config: Config) -> StreamReader:
+    from streams.kinesis import KinesisReader
+
+    return KinesisReader(_kinesis_client(config), config.stream.stream_name or "")
+
+
+BACKENDS: dict[str, Backend] = {
+    "embedded": Backend(_embedded_writer, _embedded_reader),
+    "kinesis": Backend(_kinesis_writer, _kinesis_reader),
+}
+
+
+def _backend(config: Config) -> Backend:
+    backend = BACKENDS.get(config.stream.type)
+    if backend is None:
+        raise ConfigError(f"unknown stream type '{config.stream.type}'")
+    return backend
+
+
+def build_writer(config: Config) -> StreamWriter:
+    return _backend(config).writer(config)
+
+
+def build_reader(config: Config) -> StreamReader:
+    return _backend(config).reader(config)

@@ -1,0 +1,147 @@
+"""The embedded SQLite log: routing, ordering, durability across processes, retention."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections import defaultdict
+
+import pytest
+
+from schemas.errors import ConfigError
+from streams.base import Entry, Position
+from streams.checkpoints import SqliteCheckpointStore
+from streams.embedded import EmbeddedReader, EmbeddedWriter
+from streams.hashing import MAX_HASH_KEY, ShardMap, equal_ranges, hash_key
+
+
+def read_all(reader: EmbeddedReader, after: dict[str, Position] | None = None):
+    out = []
+    for shard in reader.list_shards():
+        cursor = reader.open(shard.shard_id, (after or {}).get(shard.shard_id))
+        while batch := cursor.read(300).records:
+            out.extend(batch)
+    return out
+
+
+def test_shards_cover_the_hash_key_space_like_kinesis(tmp_path):
+    writer = EmbeddedWriter(str(tmp_path / "s.db"), shards=4)
+    shards = EmbeddedReader(str(tmp_path / "s.db")).list_shards()
+    assert [s.shard_id for s in shards] == [f"shardId-00000000000{i}" for i in range(4)]
+    assert shards[0].starting_hash_key == 0 and shards[-1].ending_hash_key == MAX_HASH_KEY
+    for left, right in zip(shards, shards[1:], strict=False):
+        assert right.starting_hash_key == left.ending_hash_key + 1
+    writer.close()
+
+
+def test_records_route_by_md5_of_partition_key_and_keep_order(tmp_path):
+    path = str(tmp_path / "s.db")
+    writer = EmbeddedWriter(path, shards=4)
+    entries = [Entry(f"key-{i % 37}", f"{i % 37}:{i}".encode()) for i in range(2000)]
+    for start in range(0, len(entries), 250):
+        written, stats = writer.put_batch(entries[start : start + 250])
+        assert stats.stream_records == len(written) == 250
+    reader = EmbeddedReader(path)
+    shard_map = ShardMap(reader.list_shards())
+    records = read_all(reader)
+    assert len(records) == 2000
+    per_key = defaultdict(list)
+    for record in records:
+        assert shard_map.shard_for(hash_key(record.partition_key)).shard_id == record.shard_id
+        per_key[record.partition_key].append(int(record.data.split(b":")[1]))
+    for key, sequence in per_key.items():
+        assert sequence == sorted(sequence), key
+    writer.close()
+
+
+def test_reading_resumes_strictly_after_a_position(tmp_path):
+    path = str(tmp_path / "s.db")
+    writer = EmbeddedWriter(path, shards=1)
+    written, _ = writer.put_batch([Entry("k", str(i).encode()) for i in range(10)])
+    reader = EmbeddedReader(path)
+    cursor = reader.open("shardId-000000000000", Position(written[4].sequence_number))
+    assert [r.data for r in cursor.read().records] == [str(i).encode() for i in range(5, 10)]
+    at_end = reader.open("shardId-000000000000", at_end=True)
+    assert at_end.read().records == []
+    writer.put_batch([Entry("k", b"new")])
+    assert [r.data for r in at_end.read().records] == [b"new"]
+
+
+def test_reopening_with_another_shard_count_is_refused(tmp_path):
+    EmbeddedWriter(str(tmp_path / "s.db"), shards=2).close()
+    with pytest.raises(ConfigError, match="has 2 shards"):
+        EmbeddedWriter(str(tmp_path / "s.db"), shards=4)
+
+
+def test_retention_trims_old_records_and_never_reuses_sequence_numbers(tmp_path):
+    path = str(tmp_path / "s.db")
+    writer = EmbeddedWriter(path, shards=1, retention_hours=1)
+    old, _ = writer.put_batch([Entry("k", b"old")] * 3)
+    future_ms = int(time.time() * 1000) + 2 * 3600 * 1000
+    assert writer.trim(future_ms) == 3
+    new, _ = writer.put_batch([Entry("k", b"new")])
+    assert int(new[0].sequence_number) == int(old[-1].sequence_number) + 1
+    assert [r.data for r in read_all(EmbeddedReader(path))] == [b"new"]
+    assert writer.trim() == 0  # nothing young is removed
+
+
+def test_equal_ranges_are_contiguous():
+    ranges = equal_ranges(7)
+    assert ranges[0][0] == 0 and ranges[-1][1] == MAX_HASH_KEY
+    assert all(b[0] == a[1] + 1 for a, b in zip(ranges, ranges[1:], strict=False))
+
+
+def _write_process(path: str, writer_id: int, count: int) -> None:
+    writer = EmbeddedWriter(path, shards=4)
+    for start in range(0, count, 50):
+        writer.put_batch([Entry(f"w{writer_id}-k{i % 5}", f"{writer_id}:{i}".encode()) for i in range(start, start + 50)])
+    writer.close()
+
+
+def _read_process(path: str, expected: int, out: multiprocessing.Queue) -> None:
+    deadline = time.monotonic() + 60
+    positions: dict[str, Position] = {}
+    seen = 0
+    while seen < expected and time.monotonic() < deadline:
+        reader = EmbeddedReader(path)
+        for record in read_all(reader, positions):
+            positions[record.shard_id] = record.position
+            seen += 1
+        reader.close()
+    out.put(seen)
+
+
+def test_writers_and_readers_in_separate_processes(tmp_path):
+    path = str(tmp_path / "s.db")
+    EmbeddedWriter(path, shards=4).close()
+    ctx = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue = ctx.Queue()
+    writers = [ctx.Process(target=_write_process, args=(path, w, 1000)) for w in range(2)]
+    readers = [ctx.Process(target=_read_process, args=(path, 2000, results)) for _ in range(2)]
+    for process in readers + writers:
+        process.start()
+    for process in writers + readers:
+        process.join(90)
+        assert process.exitcode == 0
+    assert [results.get(timeout=5), results.get(timeout=5)] == [2000, 2000]
+    # Sequence numbers are unique and dense per shard even with two writing processes.
+    records = read_all(EmbeddedReader(path))
+    per_shard = defaultdict(list)
+    for record in records:
+        per_shard[record.shard_id].append(int(record.sequence_number))
+    for sequence in per_shard.values():
+        assert sequence == list(range(1, len(sequence) + 1))
+
+
+def test_checkpoints_survive_reopening(tmp_path):
+    path = str(tmp_path / "c.db")
+    store = SqliteCheckpointStore(path)
+    assert store.load("demo/archive", "shardId-000000000000") is None
+    store.save("demo/archive", "shardId-000000000000", Position("41", 2))
+    store.save("demo/archive", "shardId-000000000000", Position("42", 0))
+    store.close()
+    again = SqliteCheckpointStore(path)
+    assert again.load("demo/archive", "shardId-000000000000") == Position("42", 0)
+    assert again.load("demo/other", "shardId-000000000000") is None
+    assert os.path.exists(path)

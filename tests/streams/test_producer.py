@@ -1,0 +1,154 @@
+"""The group-commit producer: batching, durability before ack, fast refusal, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from schemas.config import ProducerConfig
+from schemas.errors import Unavailable
+from streams.base import Entry, Written, WriteStats
+from streams.embedded import EmbeddedReader, EmbeddedWriter
+from streams.producer import Producer
+
+
+class RecordingWriter:
+    """A function-backed writer: records batches, can be told to fail or to block."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.batches: list[list[Entry]] = []
+        self.fail = fail
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.closed = False
+
+    def put_batch(self, entries: Sequence[Entry]) -> tuple[list[Written], WriteStats]:
+        self.entered.set()
+        self.gate.wait(10)
+        if self.fail is not None:
+            raise self.fail
+        self.batches.append(list(entries))
+        return [Written("shardId-0", str(i)) for i in range(len(entries))], WriteStats(1, 10, 1)
+
+    def check(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_puts_share_batches_and_are_durable_when_acked(tmp_path):
+    path = str(tmp_path / "s.db")
+    producer = Producer(EmbeddedWriter(path, 4), ProducerConfig(linger_ms=5))
+    producer.start()
+
+    async def main():
+        return await asyncio.gather(*(producer.put(Entry(f"k{i}", b"x")) for i in range(300)))
+
+    written = run(main())
+    assert len(written) == 300
+    # Acked means durable: a separate reader sees every record before the producer closes.
+    reader = EmbeddedReader(path)
+    total = sum(len(reader.open(s.shard_id).read(1000).records) for s in reader.list_shards())
+    assert total == 300
+    producer.close()
+
+
+def test_batches_respect_record_and_byte_limits():
+    writer = RecordingWriter()
+    writer.gate.clear()
+    producer = Producer(writer, ProducerConfig(linger_ms=0, max_batch_records=50, max_batch_bytes=1000))
+    producer.start()
+
+    async def main():
+        tasks = [asyncio.ensure_future(producer.put(Entry("k", b"y" * 99))) for _ in range(120)]
+        await asyncio.to_thread(writer.entered.wait, 5)
+        writer.gate.set()
+        return await asyncio.gather(*tasks)
+
+    run(main())
+    producer.close()
+    assert sum(len(b) for b in writer.batches) == 120
+    assert all(len(b) <= 10 for b in writer.batches)  # 10 × (99 + 1) bytes = the byte limit
+    flat = [e for b in writer.batches for e in b]
+    assert len(flat) == 120
+
+
+def test_full_queue_refuses_at_once_with_retry_after():
+    writer = RecordingWriter()
+    writer.gate.clear()
+    producer = Producer(writer, ProducerConfig(linger_ms=0, queue_size=5, max_batch_records=1))
+    producer.start()
+
+    async def main():
+        first = asyncio.ensure_future(producer.put(Entry("k", b"z")))
+        await asyncio.to_thread(writer.entered.wait, 5)  # the writer holds the first entry
+        waiting = [asyncio.ensure_future(producer.put(Entry("k", b"z"))) for _ in range(6)]
+        # Five fill the queue; the sixth is refused at once, without waiting for the stream.
+        await asyncio.wait(waiting, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        refused = [w for w in waiting if w.done() and isinstance(w.exception(), Unavailable)]
+        writer.gate.set()
+        await asyncio.gather(first, *waiting, return_exceptions=True)
+        return refused
+
+    refused = run(main())
+    producer.close()
+    assert len(refused) == 1
+    assert refused[0].exception().retry_after == 1
+    assert sum(len(b) for b in writer.batches) == 6
+
+
+def test_stream_failure_fails_the_batch_then_refuses_fast_for_a_while():
+    writer = RecordingWriter(fail=Unavailable("connection refused"))
+    producer = Producer(writer, ProducerConfig(linger_ms=0))
+    producer.start()
+
+    async def main():
+        with pytest.raises(Unavailable, match="connection refused"):
+            await producer.put(Entry("k", b"a"))
+        with pytest.raises(Unavailable, match="unreachable"):
+            await producer.put(Entry("k", b"b"))
+
+    run(main())
+    producer.close()
+    assert writer.batches == []
+
+
+def test_close_drains_offered_entries_before_closing_the_writer():
+    writer = RecordingWriter()
+    writer.gate.clear()
+    producer = Producer(writer, ProducerConfig(linger_ms=0, max_batch_records=7))
+    producer.start()
+    assert all(producer.offer(Entry("k", str(i).encode())) for i in range(40))
+    writer.gate.set()
+    producer.close()
+    assert [e.data for b in writer.batches for e in b] == [str(i).encode() for i in range(40)]
+    assert writer.closed
+    assert not producer.offer(Entry("k", b"late"))
+
+
+def test_put_times_out_and_withdraws_the_entry():
+    writer = RecordingWriter()
+    writer.gate.clear()
+    producer = Producer(writer, ProducerConfig(linger_ms=0, max_batch_records=1, put_timeout_ms=100))
+    producer.start()
+
+    async def main():
+        first = asyncio.ensure_future(producer.put(Entry("k", b"first")))
+        await asyncio.to_thread(writer.entered.wait, 5)  # the writer holds "first", blocked
+        with pytest.raises(Unavailable, match="in time"):
+            await producer.put(Entry("k", b"second"))
+        writer.gate.set()
+        await first
+
+    run(main())
+    producer.close()
+    assert [e.data for b in writer.batches for e in b] == [b"first"]
