@@ -57,4 +57,9 @@ def decode_body(raw: bytes) -> EventsBody:
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"Invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"Request body is not valid JSON: {exc}", code="MalformedJson") from None
+        reason = str(exc)
+        if "byte" not in reason:  # truncation: the position is the end of the input
+            reason = f"{reason} (at byte {len(raw)})"
+        raise InvalidRequest(
+            f"Request body is not valid JSON: {reason}", code="MalformedJson"
+        ) from None

@@ -37,10 +37,13 @@ class EventsEndpoint:
     async def post(self, request: Request) -> Response:
         config = self._config()
         namespace = config.namespace(request.path_params["namespace"])
-        _check_content_type(request.headers.get("content-type"))
-        raw = await read_body(request, config.max_body_bytes)
+        # One plain dict of the headers: auto-context and the request context look up dozens
+        # of names, and Starlette's Headers scans its list on every lookup.
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+        _check_content_type(headers.get("content-type"))
+        raw = await read_body(request, headers.get("content-length"), config.max_body_bytes)
         body = decode_body(raw)
-        accepted = build_record(body, namespace, config, request.headers, self._clock())
+        accepted = build_record(body, namespace, config, headers, self._clock())
         data = self._codec.encode(INTERACTION, accepted.record)
         await self._producer.put(Entry(accepted.partition_key, data))
         return JSONResponse(
@@ -51,15 +54,16 @@ class EventsEndpoint:
 
 def _check_content_type(value: str | None) -> None:
     media = (value or "").split(";", 1)[0].strip().lower()
-    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, not '{media or 'missing'}'"
         )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, declared: str | None, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body is {declared} bytes; the limit is {limit}")
     chunks = []

@@ -51,7 +51,9 @@ def build_record(
     if body.experimentConversions and body.userId is None:
         raise InvalidRequest("'userId' is required with 'experimentConversions'")
     for index, conversion in enumerate(body.experimentConversions):
-        _check_conversion(namespace, conversion.recommender, conversion.feature, conversion.metric, index)
+        _check_conversion(
+            namespace, conversion.recommender, conversion.feature, conversion.metric, index
+        )
 
     now_ms = int(now.timestamp() * 1000)
     auto = namespace.auto_context.for_event(headers, now) if body.eventList else {}
@@ -66,7 +68,12 @@ def build_record(
         "userId": body.userId,
         "eventList": events,
         "experimentConversions": [
-            {"recommender": c.recommender, "feature": c.feature, "metric": c.metric, "value": c.value}
+            {
+                "recommender": c.recommender,
+                "feature": c.feature,
+                "metric": c.metric,
+                "value": c.value,
+            }
             for c in body.experimentConversions
         ],
         "context": request_context(headers),
@@ -74,14 +81,20 @@ def build_record(
     return Accepted(partition_key or body.sessionId, record, len(events))
 
 
-def _check_conversion(namespace: Namespace, recommender: str, feature: str, metric: str, index: int) -> None:
+def _check_conversion(
+    namespace: Namespace, recommender: str, feature: str, metric: str, index: int
+) -> None:
     where = f"experimentConversions[{index}]"
     found = namespace.recommender_named(recommender)
     if found is None:
-        raise InvalidRequest(f"{where}: recommender '{recommender}' is not configured in '{namespace.key}'")
+        raise InvalidRequest(
+            f"{where}: recommender '{recommender}' is not configured in '{namespace.key}'"
+        )
     experiment = found.experiments.get(feature)
     if experiment is None:
-        raise InvalidRequest(f"{where}: recommender '{recommender}' has no experiment feature '{feature}'")
+        raise InvalidRequest(
+            f"{where}: recommender '{recommender}' has no experiment feature '{feature}'"
+        )
     if metric not in experiment.metrics:
         raise InvalidRequest(f"{where}: feature '{feature}' has no metric '{metric}'")
 
@@ -104,7 +117,9 @@ def _event(event: Event, index: int, auto: Mapping[str, Any], now_ms: int) -> di
     }
 
 
-def _properties(given: str | dict[str, Any] | None, auto: Mapping[str, Any], index: int) -> str | None:
+def _properties(
+    given: str | dict[str, Any] | None, auto: Mapping[str, Any], index: int
+) -> str | None:
     where = f"eventList[{index}].properties"
     if isinstance(given, str):
         try:

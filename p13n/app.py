@@ -7,6 +7,7 @@ start-up. ``app_from_environment`` is the zero-argument factory uvicorn workers 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -23,6 +24,7 @@ from starlette.routing import Route
 
 from ingest.endpoint import EventsEndpoint
 from p13n.errors import HANDLERS
+from p13n.logs import AccessLog
 from p13n.metrics import Metrics
 from p13n.middleware import ApiKeys, ObserveRequests
 from schemas.codec import Codec
@@ -78,14 +80,20 @@ def create_app(
     *,
     writer: StreamWriter | None = None,
     clock: Callable[[], datetime] | None = None,
+    access_log: AccessLog | None = None,
 ) -> Starlette:
     config = holder.current
     metrics = Metrics()
+    access_log = access_log or AccessLog(
+        enabled=logging.getLogger("p13n.access").isEnabledFor(logging.INFO)
+    )
     producer = Producer(writer or build_writer(config), config.stream.producer, metrics)
     metrics.watch_queue(lambda: producer.depth)
     readiness = Readiness(lambda: build_reader(holder.current))
     holder.subscribe(lambda old, new: _on_reload(metrics, old, new))
-    events = EventsEndpoint(holder, producer, Codec.packaged(), **({"clock": clock} if clock else {}))
+    events = EventsEndpoint(
+        holder, producer, Codec.packaged(), **({"clock": clock} if clock else {})
+    )
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.exposition(), media_type=metrics.content_type)
@@ -95,9 +103,12 @@ def create_app(
         producer.start()
         holder.start()
         log.info("p13n ready: %s", holder.current.summary(), extra={"pid": os.getpid()})
+        flusher = asyncio.get_running_loop().create_task(_flush_every(access_log, 1.0))
         try:
             yield
         finally:
+            flusher.cancel()
+            access_log.flush()
             # Requests in flight have been answered by now; write whatever is still queued.
             holder.stop()
             await anyio.to_thread.run_sync(producer.close)
@@ -111,7 +122,7 @@ def create_app(
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
     middleware = [
-        Middleware(ObserveRequests, metrics=metrics, config=holder),
+        Middleware(ObserveRequests, metrics=metrics, config=holder, access_log=access_log),
         Middleware(ApiKeys, config=holder),
     ]
     return Starlette(
@@ -120,6 +131,13 @@ def create_app(
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )
+
+
+async def _flush_every(access_log: AccessLog, seconds: float) -> None:
+    """Quiet periods still get their last lines written within a second."""
+    while True:
+        await asyncio.sleep(seconds)
+        access_log.flush()
 
 
 def _on_reload(metrics: Metrics, old: Config, new: Config) -> None:

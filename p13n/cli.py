@@ -66,7 +66,10 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     try:
         document = json.loads(source.read())
     except json.JSONDecodeError as exc:
-        print(f"{args.path}: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", file=sys.stderr)
+        print(
+            f"{args.path}: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            file=sys.stderr,
+        )
         return EXIT_INVALID
     except ConfigError as exc:
         print(exc.message, file=sys.stderr)
@@ -109,7 +112,9 @@ def parser() -> argparse.ArgumentParser:
             "--config",
             help="config file, or appconfig://APP/ENV/PROFILE (default: $P13N_CONFIG, else built-in)",
         )
-        p.add_argument("--data-dir", help="runtime data folder (default: the config's dataDir, .p13n)")
+        p.add_argument(
+            "--data-dir", help="runtime data folder (default: the config's dataDir, .p13n)"
+        )
         return p
 
     serve = with_config(commands.add_parser("serve", help="run the HTTP service"))
@@ -127,7 +132,9 @@ def parser() -> argparse.ArgumentParser:
 
     stream = commands.add_parser("stream", help="look into the stream")
     stream_commands = stream.add_subparsers(dest="stream_command", required=True)
-    tail = with_config(stream_commands.add_parser("tail", help="print decoded records as JSON lines"))
+    tail = with_config(
+        stream_commands.add_parser("tail", help="print decoded records as JSON lines")
+    )
     tail.add_argument("--from-start", action="store_true", help="from the oldest retained record")
     tail.add_argument("--limit", type=int, help="stop after N records")
     tail.add_argument("--follow", action="store_true", help="keep waiting for new records")

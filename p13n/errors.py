@@ -26,9 +26,13 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status: int, type_: str, code: str, message: str, retry_after: float | None = None) -> JSONResponse:
+def error_response(
+    status: int, type_: str, code: str, message: str, retry_after: float | None = None
+) -> JSONResponse:
     headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
-    return JSONResponse({"type": type_, "code": code, "message": message}, status_code=status, headers=headers)
+    return JSONResponse(
+        {"type": type_, "code": code, "message": message}, status_code=status, headers=headers
+    )
 
 
 async def p13n_error(request: Request, exc: Exception) -> Response:
@@ -42,7 +46,9 @@ async def p13n_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # registered for this class only
-    type_, code, message = _HTTP_CODES.get(exc.status_code, ("ClientError", "HttpError", str(exc.detail)))
+    type_, code, message = _HTTP_CODES.get(
+        exc.status_code, ("ClientError", "HttpError", str(exc.detail))
+    )
     request.scope[ERROR_CODE_KEY] = code
     return error_response(exc.status_code, type_, code, message)
 

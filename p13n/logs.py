@@ -10,7 +10,10 @@ from typing import Any
 import msgspec
 
 # Attributes every LogRecord has; anything else was passed in ``extra`` and is emitted.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,7 +26,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and not key.startswith("_") and key != "color_message":
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -43,3 +46,59 @@ def configure(level: str = "info") -> None:
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # our middleware logs requests
     logging.getLogger("botocore").setLevel(logging.WARNING)
+
+
+class AccessLog:
+    """One JSON line per request, buffered: the event loop appends, and the lines are written
+    in one call once 32 KiB have gathered or a quarter second has passed (and on ``flush``).
+
+    Going through ``logging`` would cost a LogRecord, a handler lock and a write system call
+    per request — a quarter of the service's throughput. Lines land whole, in order, on the
+    same stream as the other logs.
+    """
+
+    FLUSH_BYTES = 32 * 1024
+    FLUSH_SECONDS = 0.25
+
+    def __init__(self, stream: Any = None, enabled: bool = True) -> None:
+        self._stream = stream if stream is not None else sys.stderr
+        self._enabled = enabled
+        self._encoder = msgspec.json.Encoder()
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._flushed_at = time.monotonic()
+
+    def write(self, entry: dict[str, Any]) -> None:
+        if not self._enabled:
+            return
+        now = time.time()
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+            + f".{int(now % 1 * 1000):03d}Z",
+            "level": "info",
+            "logger": "p13n.access",
+            **entry,
+        }
+        line = self._encoder.encode(entry) + b"\n"
+        self._lines.append(line)
+        self._size += len(line)
+        if (
+            self._size >= self.FLUSH_BYTES
+            or time.monotonic() - self._flushed_at >= self.FLUSH_SECONDS
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        self._flushed_at = time.monotonic()
+        if not self._lines:
+            return
+        data = b"".join(self._lines)
+        self._lines.clear()
+        self._size = 0
+        target = getattr(self._stream, "buffer", None)
+        if target is None:
+            self._stream.write(data.decode())
+        else:
+            self._stream.flush()  # text already buffered goes first, so order holds
+            target.write(data)
+            target.flush()

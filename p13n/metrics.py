@@ -20,40 +20,71 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "p13n_http_requests", "HTTP requests by route, method and status", ["route", "method", "status"], registry=r
+            "p13n_http_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=r,
         )
         self.latency = Histogram(
-            "p13n_http_request_duration_seconds", "HTTP request latency by route", ["route"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "p13n_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.rejections = Counter(
             "p13n_http_rejections", "Error responses by error code", ["code"], registry=r
         )
-        self.events = Counter("p13n_events_accepted", "Events accepted, by namespace", ["namespace"], registry=r)
+        self.events = Counter(
+            "p13n_events_accepted", "Events accepted, by namespace", ["namespace"], registry=r
+        )
         self.batch_records = Histogram(
-            "p13n_producer_batch_records", "User records per producer batch", buckets=BATCH_BUCKETS, registry=r
+            "p13n_producer_batch_records",
+            "User records per producer batch",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.batch_seconds = Histogram(
-            "p13n_producer_batch_seconds", "Time to write one producer batch", buckets=LATENCY_BUCKETS, registry=r
+            "p13n_producer_batch_seconds",
+            "Time to write one producer batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.producer_rejections = Counter(
-            "p13n_producer_rejections", "Puts refused by the producer, by reason", ["reason"], registry=r
+            "p13n_producer_rejections",
+            "Puts refused by the producer, by reason",
+            ["reason"],
+            registry=r,
         )
-        self.user_records = Counter("p13n_stream_user_records_written", "User records written", registry=r)
-        self.user_bytes = Counter("p13n_stream_user_bytes_written", "User record bytes written", registry=r)
+        self.user_records = Counter(
+            "p13n_stream_user_records_written", "User records written", registry=r
+        )
+        self.user_bytes = Counter(
+            "p13n_stream_user_bytes_written", "User record bytes written", registry=r
+        )
         self.stream_records = Counter(
-            "p13n_stream_records_written", "Stream records written (an aggregate counts once)", registry=r
+            "p13n_stream_records_written",
+            "Stream records written (an aggregate counts once)",
+            registry=r,
         )
-        self.stream_bytes = Counter("p13n_stream_bytes_written", "Bytes written to the stream", registry=r)
-        self.stream_calls = Counter("p13n_stream_write_calls", "Write calls made to the stream", registry=r)
-        self.queue_depth = Gauge("p13n_producer_queue_depth", "Entries waiting for the stream", registry=r)
+        self.stream_bytes = Counter(
+            "p13n_stream_bytes_written", "Bytes written to the stream", registry=r
+        )
+        self.stream_calls = Counter(
+            "p13n_stream_write_calls", "Write calls made to the stream", registry=r
+        )
+        self.queue_depth = Gauge(
+            "p13n_producer_queue_depth", "Entries waiting for the stream", registry=r
+        )
         self.config_reloads = Counter("p13n_config_reloads", "Config reloads applied", registry=r)
 
     def watch_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)
 
     # ProducerMetrics
-    def batch_written(self, entries: int, entry_bytes: int, stats: WriteStats, seconds: float) -> None:
+    def batch_written(
+        self, entries: int, entry_bytes: int, stats: WriteStats, seconds: float
+    ) -> None:
         self.batch_records.observe(entries)
         self.batch_seconds.observe(seconds)
         self.user_records.inc(entries)

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import time
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from p13n.errors import ERROR_CODE_KEY, error_response
+from p13n.logs import AccessLog
 from p13n.metrics import Metrics
 from schemas.config import Config
-
-log = logging.getLogger("p13n.access")
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -23,10 +21,13 @@ class ObserveRequests:
     """Counts and times every request by route template, adds the config version header,
     and logs one line per request (never headers or bodies: keys must not reach logs)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, config: Callable[[], Config]) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, config: Callable[[], Config], access_log: AccessLog
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.config = config
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,13 +61,15 @@ class ObserveRequests:
             code = scope.get(ERROR_CODE_KEY)
             if code is not None:
                 self.metrics.rejections.labels(code).inc()
-            log.info(
-                "%s %s %d",
-                method,
-                scope["path"],
-                status,
-                extra={"route": template, "status": status, "ms": round(elapsed * 1000, 3), **({"code": code} if code else {})},
-            )
+            entry = {
+                "message": f"{method} {scope['path']} {status}",
+                "route": template,
+                "status": status,
+                "ms": round(elapsed * 1000, 3),
+            }
+            if code is not None:
+                entry["code"] = code
+            self.access_log.write(entry)
 
 
 class ApiKeys:
@@ -88,7 +91,9 @@ class ApiKeys:
         presented = next((v for k, v in scope["headers"] if k == b"x-api-key"), None)
         if presented is None:
             scope[ERROR_CODE_KEY] = "MissingApiKey"
-            response = error_response(401, "ClientError", "MissingApiKey", "The x-api-key header is required")
+            response = error_response(
+                401, "ClientError", "MissingApiKey", "The x-api-key header is required"
+            )
         else:
             digest = hashlib.sha256(presented).hexdigest().encode()
             matched = False
@@ -98,5 +103,7 @@ class ApiKeys:
                 await self.app(scope, receive, send)
                 return
             scope[ERROR_CODE_KEY] = "InvalidApiKey"
-            response = error_response(403, "ClientError", "InvalidApiKey", "The API key is not valid")
+            response = error_response(
+                403, "ClientError", "InvalidApiKey", "The API key is not valid"
+            )
         await response(scope, receive, send)

@@ -29,7 +29,9 @@ def describe(record: UserRecord, codec: Codec) -> dict[str, Any]:
     try:
         name, fields = codec.decode(record.data)
     except RecordError as exc:
-        line.update(kind="undecodable", error=exc.message, data=base64.b64encode(record.data).decode())
+        line.update(
+            kind="undecodable", error=exc.message, data=base64.b64encode(record.data).decode()
+        )
         return line
     if name == INTERACTION:
         for index, event in enumerate(fields["eventList"]):
@@ -49,7 +51,9 @@ def records(reader: StreamReader, *, from_start: bool, follow: bool) -> Iterator
         polled: list[UserRecord] = []
         for cursor in cursors.values():
             polled.extend(cursor.read(1000).records)
-        polled.sort(key=lambda r: (r.arrival_ms, r.shard_id, int(r.sequence_number), r.sub_sequence))
+        polled.sort(
+            key=lambda r: (r.arrival_ms, r.shard_id, int(r.sequence_number), r.sub_sequence)
+        )
         yield from polled
         if not polled:
             if not follow:

@@ -46,7 +46,7 @@ class Codec:
         by_fingerprint: dict[bytes, _Known] = {}
         newest: dict[str, _Known] = {}
         for schema in schemas:
-            parsed = parse_schema(dict(schema), named_schemas={})
+            parsed: dict[str, Any] = parse_schema(dict(schema), named_schemas={})  # type: ignore[assignment]
             name = parsed["name"]
             fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
             known = _Known(name, parsed, fp)

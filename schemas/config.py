@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -26,6 +27,7 @@ from schemas.autocontext import AutoContext
 from schemas.errors import ConfigError, NotFound
 
 ACTIONS = ("recommend-items", "related-items", "rerank-items")
+_PLAIN_KEY = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]*$")
 INHERITED = ("autoContext", "filters", "cacheControl", "inferenceItemMetadata")
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -244,37 +246,71 @@ def validate_document(document: Any) -> list[tuple[str, str]]:
     return sorted(set(errors))
 
 
+def json_path(*parts: str | int) -> str:
+    """A JSON path written the way jsonschema writes its errors' paths."""
+    path = "$"
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif _PLAIN_KEY.match(part):
+            path += f".{part}"
+        else:
+            path += "['" + part.replace("\\", "\\\\").replace("'", "\\'") + "']"
+    return path
+
+
 def _semantic_errors(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What the schema cannot say: names that must refer to, or differ from, other names."""
     errors: list[tuple[str, str]] = []
+    key_ids = [key["id"] for key in doc.get("auth", {}).get("apiKeys", [])]
+    for index, key_id in enumerate(key_ids):
+        if key_id in key_ids[:index]:
+            errors.append(
+                (json_path("auth", "apiKeys", index, "id"), f"duplicate API key id '{key_id}'")
+            )
     for ns_key, ns in doc["namespaces"].items():
         seen: set[str] = set()
         for index, target in enumerate(ns.get("eventTargets", [])):
             name = target.get("name") or f"{target['type']}-{index}"
             if name in seen:
                 errors.append(
-                    (f"$.namespaces.{ns_key}.eventTargets[{index}].name", f"duplicate target name '{name}'")
+                    (
+                        json_path("namespaces", ns_key, "eventTargets", index),
+                        f"duplicate target name '{name}'",
+                    )
                 )
             seen.add(name)
         for action, by_name in ns.get("recommenders", {}).items():
             for rec_name, rec in by_name.items():
-                base = f"$.namespaces.{ns_key}.recommenders.{action}.{rec_name}"
+                base = ("namespaces", ns_key, "recommenders", action, rec_name)
                 variations = rec["variations"]
                 for var_name, var in variations.items():
                     fallback = var.get("fallback")
-                    if fallback is not None and (fallback not in variations or fallback == var_name):
+                    if fallback is not None and (
+                        fallback not in variations or fallback == var_name
+                    ):
                         errors.append(
-                            (f"{base}.variations.{var_name}.fallback",
-                             f"'{fallback}' is not another variation of this recommender")
+                            (
+                                json_path(*base, "variations", var_name, "fallback"),
+                                f"'{fallback}' is not another variation of this recommender",
+                            )
                         )
                 for feature, exp in rec.get("experiments", {}).items():
                     for var_name in exp.get("weights", {}):
                         if var_name not in variations:
                             errors.append(
-                                (f"{base}.experiments.{feature}.weights.{var_name}",
-                                 f"'{var_name}' is not a variation of this recommender")
+                                (
+                                    json_path(*base, "experiments", feature, "weights", var_name),
+                                    f"'{var_name}' is not a variation of this recommender",
+                                )
                             )
                     if exp.get("weights") and sum(exp["weights"].values()) <= 0:
-                        errors.append((f"{base}.experiments.{feature}.weights", "weights sum to 0"))
+                        errors.append(
+                            (
+                                json_path(*base, "experiments", feature, "weights"),
+                                "weights sum to 0",
+                            )
+                        )
     return errors
 
 
@@ -388,8 +424,16 @@ def _inherited_fields(own: Mapping[str, Any]) -> dict[str, Any]:
 
 
 COMMON_TARGET_KEYS = frozenset(
-    {"type", "name", "endpointUrl", "region", "deadLetter", "batchSize", "maxAttempts",
-     "maxRecordAgeSeconds"}
+    {
+        "type",
+        "name",
+        "endpointUrl",
+        "region",
+        "deadLetter",
+        "batchSize",
+        "maxAttempts",
+        "maxRecordAgeSeconds",
+    }
 )
 
 

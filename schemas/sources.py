@@ -85,7 +85,7 @@ def source_for(spec: str | None, environ: Mapping[str, str] = os.environ) -> Con
     if spec is None:
         return BuiltinSource()
     if spec.startswith(APPCONFIG_SCHEME):
-        parts = spec[len(APPCONFIG_SCHEME):].split("/")
+        parts = spec[len(APPCONFIG_SCHEME) :].split("/")
         if len(parts) != 3 or not all(parts):
             raise ConfigError(f"expected appconfig://APPLICATION/ENVIRONMENT/PROFILE, got {spec}")
         base = environ.get("P13N_APPCONFIG_AGENT", DEFAULT_AGENT)

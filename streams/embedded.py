@@ -24,8 +24,8 @@ from streams.base import (
     ReadBatch,
     Shard,
     UserRecord,
-    Written,
     WriteStats,
+    Written,
 )
 from streams.hashing import ShardMap, equal_ranges, hash_key
 
@@ -116,7 +116,9 @@ class EmbeddedWriter:
         self._next_trim = time.monotonic() + TRIM_EVERY_SECONDS
 
     def put_batch(self, entries: Sequence[Entry]) -> tuple[list[Written], WriteStats]:
-        routed = [self._index[self._map.shard_for(hash_key(e.partition_key)).shard_id] for e in entries]
+        routed = [
+            self._index[self._map.shard_for(hash_key(e.partition_key)).shard_id] for e in entries
+        ]
         now_ms = int(time.time() * 1000)
         try:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -180,7 +182,9 @@ class EmbeddedWriter:
 
 
 class EmbeddedCursor:
-    def __init__(self, conn: sqlite3.Connection, sid: str, idx: int, after: Position | None) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, sid: str, idx: int, after: Position | None
+    ) -> None:
         self._conn = conn
         self._shard_id = sid
         self._idx = idx

@@ -35,7 +35,10 @@ def _kinesis_client(config: Config):  # type: ignore[no-untyped-def]
     # The producer's writer retries failed entries itself; one botocore attempt avoids
     # multiplying the two layers of retries.
     return client(
-        "kinesis", region=config.stream.region, endpoint_url=config.stream.endpoint_url, max_attempts=1
+        "kinesis",
+        region=config.stream.region,
+        endpoint_url=config.stream.endpoint_url,
+        max_attempts=1,
     )
 
 

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from schemas.config import ProducerConfig
 from schemas.errors import P13nError, RetryableError, Unavailable
-from streams.base import Entry, StreamWriter, Written, WriteStats
+from streams.base import Entry, StreamWriter, WriteStats, Written
 
 log = logging.getLogger("p13n.producer")
 
@@ -39,7 +39,9 @@ UNAVAILABLE_BACKOFF = (0.5, 8.0)
 class ProducerMetrics(Protocol):
     """What the producer reports; ``p13n.metrics`` implements it with Prometheus."""
 
-    def batch_written(self, entries: int, entry_bytes: int, stats: WriteStats, seconds: float) -> None: ...
+    def batch_written(
+        self, entries: int, entry_bytes: int, stats: WriteStats, seconds: float
+    ) -> None: ...
 
     def rejected(self, reason: str) -> None: ...
 
@@ -85,19 +87,25 @@ class Producer:
         future: asyncio.Future[Written] = loop.create_future()
         pending = _Pending(entry, _size(entry), loop, future)
         self._enqueue(pending)
-        timeout = self._config.put_timeout_ms / 1000
+        # A plain timer, not asyncio.wait_for: this is the hot path, and wait_for wraps the
+        # future in a task of its own.
+        timer = loop.call_later(self._config.put_timeout_ms / 1000, self._expire, pending)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            with self._lock:
-                # Still queued: withdraw it so nothing is written for a request we fail.
-                pending.cancelled = True
-            if future.done() and not future.cancelled():
-                return future.result()
+            return await future
+        finally:
+            timer.cancel()
+
+    def _expire(self, pending: _Pending) -> None:
+        """On the event loop: the put waited too long. Withdraw it if still queued; an entry
+        already with the writer may still be written (at least once), but its caller is told
+        to retry."""
+        with self._lock:
+            pending.cancelled = True
+        if pending.future is not None and not pending.future.done():
             self._reject("timeout")
-            raise Unavailable(
-                "the stream did not confirm the write in time", retry_after=1
-            ) from None
+            pending.future.set_exception(
+                Unavailable("the stream did not confirm the write in time", retry_after=1)
+            )
 
     def offer(self, entry: Entry) -> bool:
         try:
@@ -190,7 +198,9 @@ class Producer:
 
     def _failed(self, batch: list[_Pending], exc: P13nError) -> None:
         log.warning(
-            "stream write failed for %d entries: %s", len(batch), exc.message,
+            "stream write failed for %d entries: %s",
+            len(batch),
+            exc.message,
             extra={"code": exc.code},
         )
         if isinstance(exc, RetryableError):

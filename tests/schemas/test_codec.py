@@ -87,7 +87,7 @@ def test_typical_one_event_record_is_small():
     "data, code",
     [
         (b"", "NotAvro"),
-        (b"{\"json\": true}", "NotAvro"),
+        (b'{"json": true}', "NotAvro"),
         (MARKER + b"\x00" * 8 + b"\x02", "UnknownSchema"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import time
@@ -30,7 +31,7 @@ def test_shards_cover_the_hash_key_space_like_kinesis(tmp_path):
     shards = EmbeddedReader(str(tmp_path / "s.db")).list_shards()
     assert [s.shard_id for s in shards] == [f"shardId-00000000000{i}" for i in range(4)]
     assert shards[0].starting_hash_key == 0 and shards[-1].ending_hash_key == MAX_HASH_KEY
-    for left, right in zip(shards, shards[1:], strict=False):
+    for left, right in itertools.pairwise(shards):
         assert right.starting_hash_key == left.ending_hash_key + 1
     writer.close()
 
@@ -89,13 +90,18 @@ def test_retention_trims_old_records_and_never_reuses_sequence_numbers(tmp_path)
 def test_equal_ranges_are_contiguous():
     ranges = equal_ranges(7)
     assert ranges[0][0] == 0 and ranges[-1][1] == MAX_HASH_KEY
-    assert all(b[0] == a[1] + 1 for a, b in zip(ranges, ranges[1:], strict=False))
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(ranges))
 
 
 def _write_process(path: str, writer_id: int, count: int) -> None:
     writer = EmbeddedWriter(path, shards=4)
     for start in range(0, count, 50):
-        writer.put_batch([Entry(f"w{writer_id}-k{i % 5}", f"{writer_id}:{i}".encode()) for i in range(start, start + 50)])
+        writer.put_batch(
+            [
+                Entry(f"w{writer_id}-k{i % 5}", f"{writer_id}:{i}".encode())
+                for i in range(start, start + 50)
+            ]
+        )
     writer.close()
 
 

@@ -1,0 +1,252 @@
+"""Benchmark of the write path: POST /events against the running service, for both backends.
+
+Every server and the load generator run as separate processes; Kinesis is moto in server mode.
+In the same run it measures two references: the sample project's way (one synchronous
+PutRecord of the request JSON per request, against the same emulator) and a bare endpoint that
+answers 202 without work on the same server stack. It prints, per scenario: events/s, p50/p99
+acknowledgement latency, and for p13n the stream records and bytes per event (from /metrics).
+
+    .venv/bin/python -m bench.ingest [--connections 50] [--requests 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+PYTHON = sys.executable
+BIN = Path(PYTHON).parent
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer within {timeout}s")
+
+
+@contextmanager
+def process(
+    args: list[str], ready_url: str | None, env: dict[str, str] | None = None
+) -> Iterator[None]:
+    """Run ``args`` until the block ends (SIGTERM, then kill); its output is discarded."""
+    with tempfile.TemporaryFile(prefix="p13n-bench-") as log:
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT
+        )
+        try:
+            if ready_url:
+                wait_for(ready_url)
+            yield
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def load(url: str, connections: int, requests: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "bench.loadgen",
+            "--url",
+            url,
+            "--connections",
+            str(connections),
+            "--requests",
+            str(requests),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def scrape(base: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for name in (
+        "p13n_stream_records_written_total",
+        "p13n_stream_bytes_written_total",
+        "p13n_stream_user_records_written_total",
+        "p13n_stream_write_calls_total",
+    ):
+        match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        values[name] = float(match.group(1)) if match else 0.0
+    return values
+
+
+def kinesis_stream(endpoint: str, name: str, shards: int) -> None:
+    import boto3
+
+    client = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_stream(StreamName=name, ShardCount=shards)
+    client.get_waiter("stream_exists").wait(
+        StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100}
+    )
+
+
+def p13n_scenario(
+    name: str, config: dict | None, connections: int, requests: int, namespace: str
+) -> dict:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as data:
+        args = [
+            str(BIN / "p13n"),
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            data,
+            "--log-level",
+            "warning",
+        ]
+        if config is not None:
+            path = Path(data) / "config.json"
+            path.write_text(json.dumps(config))
+            args += ["--config", str(path)]
+        with process(args, f"{base}/readyz"):
+            load(f"{base}/events/{namespace}", 4, 20)  # warm up
+            before = scrape(base)
+            result = load(f"{base}/events/{namespace}", connections, requests)
+            after = scrape(base)
+    delta = {k: after[k] - before[k] for k in after}
+    events = delta["p13n_stream_user_records_written_total"] or 1
+    result.update(
+        name=name,
+        stream_records_per_event=round(delta["p13n_stream_records_written_total"] / events, 4),
+        stream_bytes_per_event=round(delta["p13n_stream_bytes_written_total"] / events, 1),
+        events_per_write_call=round(events / (delta["p13n_stream_write_calls_total"] or 1), 1),
+    )
+    return result
+
+
+def reference(kind: str, connections: int, requests: int, extra: list[str]) -> dict:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with process([PYTHON, "-m", "bench.references", kind, "--port", str(port), *extra], None):
+        wait_port(port)
+        load(f"{base}/events/bench", 4, 20)
+        result = load(f"{base}/events/bench", connections, requests)
+    result["name"] = {
+        "bare": "bare endpoint (202, no work)",
+        "sample": "sample's way (PutRecord per request)",
+    }[kind]
+    return result
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"port {port} did not open")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Benchmark POST /events.")
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=200, help="per connection")
+    parser.add_argument(
+        "--sample-requests", type=int, default=20, help="per connection, for the slow reference"
+    )
+    parser.add_argument("--shards", type=int, default=4)
+    args = parser.parse_args()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+    moto_port = free_port()
+    moto = f"http://127.0.0.1:{moto_port}"
+    results = []
+    with process(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)], f"{moto}/moto-api/"
+    ):
+        kinesis_stream(moto, "bench-p13n", args.shards)
+        kinesis_stream(moto, "bench-sample", args.shards)
+        results.append(reference("bare", args.connections, args.requests, []))
+        results.append(
+            p13n_scenario("p13n embedded", None, args.connections, args.requests, "demo")
+        )
+        kinesis_config = {
+            "version": "bench",
+            "stream": {
+                "type": "kinesis",
+                "streamName": "bench-p13n",
+                "region": "us-east-1",
+                "endpointUrl": moto,
+            },
+            "namespaces": {"bench": {"eventTargets": [{"type": "interactions"}]}},
+        }
+        results.append(
+            p13n_scenario(
+                "p13n kinesis (moto)", kinesis_config, args.connections, args.requests, "bench"
+            )
+        )
+        results.append(
+            reference(
+                "sample",
+                args.connections,
+                args.sample_requests,
+                ["--stream", "bench-sample", "--endpoint-url", moto],
+            )
+        )
+
+    bare = results[0]["rps"]
+    sample = results[-1]["rps"]
+    print(
+        f"\nPOST /events — {args.connections} clients, one event per request, keep-alive; "
+        f"{os.cpu_count()} cores\n"
+    )
+    header = f"{'scenario':40} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'xsample':>8} {'%bare':>6} {'rec/ev':>7} {'B/ev':>6} {'non-2xx':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        non_2xx = sum(v for k, v in r["statuses"].items() if not k.startswith("2"))
+        print(
+            f"{r['name']:40} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{r['rps'] / sample:>8.1f} {100 * r['rps'] / bare:>5.0f}% "
+            f"{r.get('stream_records_per_event', float('nan')):>7.3f} {r.get('stream_bytes_per_event', float('nan')):>6.1f} {non_2xx:>8}"
+        )
+    print(
+        "\nrec/ev: stream records per event (a KPL aggregate counts once); B/ev: stream bytes per event "
+        "(record data + partition key)."
+    )
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
