@@ -14,6 +14,9 @@ import msgspec
 from schemas.errors import InvalidRequest
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+# PutEvents' eventValue is a 32-bit float (the stream record stores it as an Avro float too):
+# anything beyond its range would silently become infinity.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class MetricAttribution(msgspec.Struct, forbid_unknown_fields=True):
@@ -23,7 +26,7 @@ class MetricAttribution(msgspec.Struct, forbid_unknown_fields=True):
 class Event(msgspec.Struct, forbid_unknown_fields=True):
     eventType: Id
     eventId: Id | None = None
-    eventValue: float | None = None
+    eventValue: Annotated[float, msgspec.Meta(ge=-FLOAT32_MAX, le=FLOAT32_MAX)] | None = None
     itemId: Id | None = None
     impression: Annotated[list[Id], msgspec.Meta(max_length=25)] | None = None
     properties: str | dict[str, Any] | None = None

@@ -126,6 +126,8 @@ def _properties(
             parsed = json.loads(given)
         except json.JSONDecodeError as exc:
             raise InvalidRequest(f"{where} is not valid JSON: {exc.msg} (char {exc.pos})") from None
+        except ValueError as exc:  # e.g. an integer past Python's digit limit
+            raise InvalidRequest(f"{where} is not usable JSON: {exc}") from None
         if not isinstance(parsed, dict):
             raise InvalidRequest(f"{where} must be a JSON object")
         given = parsed
@@ -134,7 +136,13 @@ def _properties(
     merged = {**auto, **(given or {})}  # the client's own values win over auto-context
     if not merged:
         return None
-    text = json.dumps(merged, separators=(",", ":"), ensure_ascii=False)
+    try:
+        # json.loads takes NaN, Infinity and unpaired surrogate escapes; none is valid JSON
+        # for Personalize, and a lone surrogate cannot even be written as UTF-8.
+        text = json.dumps(merged, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
+    except ValueError as exc:
+        raise InvalidRequest(f"{where} cannot be sent as JSON: {exc}") from None
     if len(text) > MAX_PROPERTIES:
         raise InvalidRequest(
             f"{where} is {len(text)} characters with auto-context merged in; "

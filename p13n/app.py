@@ -157,4 +157,9 @@ def holder_from_environment() -> ConfigHolder:
 
 
 def app_from_environment() -> Starlette:
+    level = os.environ.get("P13N_LOG_LEVEL")
+    if level:  # a worker of `p13n serve --workers N`: the JSON logs its parent would write
+        from p13n import logs
+
+        logs.configure(level)
     return create_app(holder_from_environment())

@@ -37,7 +37,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["P13N_CONFIG"] = args.config
     if args.data_dir:
         os.environ["P13N_DATA_DIR"] = args.data_dir
+    # After a graceful shutdown uvicorn re-raises the signal that stopped it; with the default
+    # handler SIGTERM would then kill the process (exit -15) although the queue was drained.
+    # A SIGTERM is an orderly stop: exit 0 (also when it comes before uvicorn is listening).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.workers > 1:
+        # Workers are fresh interpreters: they set up the same JSON logs from this variable.
+        os.environ["P13N_LOG_LEVEL"] = args.log_level
         uvicorn.run(
             "p13n.app:app_from_environment",
             factory=True,

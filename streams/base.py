@@ -62,13 +62,22 @@ class Shard:
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """A point in a shard, after which reading resumes."""
+    """A point in a shard, after which reading resumes. ``SHARD_END`` marks a closed shard
+    read to its end: its children may start."""
 
     sequence_number: str
     sub_sequence: int = 0
 
     def key(self) -> tuple[int, int]:
         return (int(self.sequence_number), self.sub_sequence)
+
+    @property
+    def shard_end(self) -> bool:
+        return self.sequence_number == SHARD_END_MARK
+
+
+SHARD_END_MARK = "SHARD_END"
+SHARD_END = Position(SHARD_END_MARK)
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,9 +207,12 @@ class Producer:
             with self._lock:
                 self._unavailable_until = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, UNAVAILABLE_BACKOFF[1])
-        error = exc if isinstance(exc, Unavailable) else Unavailable(exc.message, retry_after=1)
-        if error.retry_after is None:
-            error.retry_after = 1
+        # To the client every write failure is the same: not accepted, retry later.
+        error = Unavailable(
+            f"the stream did not accept the write: {exc.message}",
+            code="StreamUnavailable",
+            retry_after=exc.retry_after or 1,
+        )
         _resolve(batch, lambda i: (None, error))
 
 

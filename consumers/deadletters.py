@@ -1,0 +1,111 @@
+"""Dead letters: records a target could not take, kept with the reason and their original bytes.
+
+A dead letter is one JSON line: target (consumer group), record id when the bytes decoded,
+error type/code/message, attempts, first and last attempt time (epoch ms), the shard position,
+and the original bytes in base64. ``put`` returns once the letters are durable (a file fsynced,
+or an S3 PutObject done); the runner checkpoints past a record only after that.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from schemas.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    group: str
+    record_id: str | None
+    error_type: str
+    code: str
+    message: str
+    attempts: int
+    first_attempt_ms: int
+    last_attempt_ms: int
+    shard_id: str
+    sequence_number: str
+    sub_sequence: int
+    data: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        entry = asdict(self)
+        entry["data"] = base64.b64encode(self.data).decode()
+        return entry
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> DeadLetter:
+        fields = {k: entry[k] for k in cls.__dataclass_fields__}
+        fields["data"] = base64.b64decode(entry["data"])
+        return cls(**fields)
+
+    @property
+    def key(self) -> str:
+        """Identifies the letter across listings (one per group and stream position)."""
+        return f"{self.group}|{self.shard_id}|{self.sequence_number}|{self.sub_sequence}"
+
+
+class DeadLetterStore(Protocol):
+    def put(self, letters: Sequence[DeadLetter]) -> None: ...
+
+    def list(self, group: str | None = None) -> Iterator[DeadLetter]: ...
+
+
+def _group_folder(group: str) -> str:
+    return urllib.parse.quote(group, safe="")
+
+
+class FileDeadLetterStore:
+    """JSON lines under ``DIR/<group, url-quoted>/YYYY-MM-DD.jsonl``, appended and fsynced."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+        self._lock = threading.Lock()
+
+    def put(self, letters: Sequence[DeadLetter]) -> None:
+        by_file: dict[str, list[DeadLetter]] = {}
+        for letter in letters:
+            day = time.strftime("%Y-%m-%d", time.gmtime(letter.last_attempt_ms / 1000))
+            path = os.path.join(self._directory, _group_folder(letter.group), f"{day}.jsonl")
+            by_file.setdefault(path, []).append(letter)
+        with self._lock:
+            for path, group_letters in by_file.items():
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                lines = "".join(json.dumps(letter.to_json()) + "\n" for letter in group_letters)
+                with open(path, "a", encoding="utf-8") as handle:
+                    handle.write(lines)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+
+    def list(self, group: str | None = None) -> Iterator[DeadLetter]:
+        if not os.path.isdir(self._directory):
+            return
+        folders = [_group_folder(group)] if group else sorted(os.listdir(self._directory))
+        for folder in folders:
+            path = os.path.join(self._directory, folder)
+            if not os.path.isdir(path):
+                continue
+            for name in sorted(os.listdir(path)):
+                if name.endswith(".jsonl"):
+                    with open(os.path.join(path, name), encoding="utf-8") as handle:
+                        for line in handle:
+                            if line.strip():
+                                yield DeadLetter.from_json(json.loads(line))
+
+
+def dead_letter_store(uri: str | None, data_dir: str) -> DeadLetterStore:
+    """``file://DIR`` (or nothing: ``<dataDir>/dead-letters``); ``s3://`` is built by its module."""
+    if uri is None:
+        return FileDeadLetterStore(os.path.join(data_dir, "dead-letters"))
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme == "file":
+        return FileDeadLetterStore(parsed.netloc + parsed.path if parsed.netloc else parsed.path)
+    raise ConfigError(f"unsupported dead letter location {uri}")

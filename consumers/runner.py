@@ -1,0 +1,301 @@
+"""The runner: reads every shard for one consumer group and settles each record once.
+
+One ``GroupConsumer`` per target. It walks the stream's shards (a child only after its parents
+reached ``SHARD_END``), reads a batch, decodes it, keeps the records of its namespace and kinds,
+delivers them, retries what may succeed later, dead-letters what cannot, and then checkpoints
+the batch's last position. The batch in hand is always settled before the checkpoint moves, so
+after a crash only that batch is delivered again. See ``consumers.base`` for the contract.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from tenacity import RetryCallState, wait_random_exponential
+
+from consumers.base import Delivery, Target
+from consumers.deadletters import DeadLetter, DeadLetterStore
+from schemas.codec import Codec
+from schemas.errors import P13nError, PermanentError, RecordError, RetryableError, Unavailable
+from streams.base import (
+    SHARD_END,
+    CheckpointStore,
+    Position,
+    Shard,
+    ShardCursor,
+    StreamReader,
+    UserRecord,
+)
+
+log = logging.getLogger("p13n.consumer")
+
+SHARD_REFRESH_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter between attempts, bounded two ways."""
+
+    max_attempts: int = 8
+    max_record_age_seconds: float = 6 * 3600
+    base_delay: float = 0.05
+    max_delay: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        return float(wait_random_exponential(multiplier=self.base_delay, max=self.max_delay)(state))
+
+
+class ConsumerMetrics(Protocol):
+    def settled(self, group: str, delivered: int, dead_lettered: int, retries: int) -> None: ...
+
+    def lag(self, group: str, shard_id: str, millis_behind: int) -> None: ...
+
+
+@dataclass
+class _Pending:
+    index: int
+    delivery: Delivery
+    attempts: int = 0
+    first_attempt_ms: int = 0
+    error: P13nError | None = None
+
+
+class GroupConsumer:
+    def __init__(
+        self,
+        group: str,
+        namespace: str,
+        target: Target,
+        reader: StreamReader,
+        checkpoints: CheckpointStore,
+        dead_letters: DeadLetterStore,
+        codec: Codec,
+        *,
+        kinds: frozenset[str],
+        batch_size: int = 500,
+        policy: RetryPolicy = RetryPolicy(),
+        poll_seconds: float = 0.2,
+        metrics: ConsumerMetrics | None = None,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.group = group
+        self.namespace = namespace
+        self.target = target
+        self.reader = reader
+        self.checkpoints = checkpoints
+        self.dead_letters = dead_letters
+        self.codec = codec
+        self.kinds = kinds
+        self.batch_size = batch_size
+        self.policy = policy
+        self.poll_seconds = poll_seconds
+        self.metrics = metrics
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self._cursors: dict[str, ShardCursor] = {}
+        self._finished: set[str] = set()
+        self._shards: list[Shard] = []
+        self._shards_at = -SHARD_REFRESH_SECONDS
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume until ``stop`` is set; the batch in hand is finished and checkpointed first."""
+        self.target.open()
+        try:
+            while not self.stop.is_set():
+                try:
+                    busy = self.poll_once()
+                except RetryableError as exc:
+                    log.warning("consumer %s: stream read failed: %s", self.group, exc.message)
+                    self._drop_cursors()
+                    busy = False
+                if not busy:
+                    self.stop.wait(self.poll_seconds)
+        finally:
+            self.target.close()
+            for cursor in self._cursors.values():
+                cursor.close()
+
+    def poll_once(self) -> bool:
+        """One batch from every readable shard; True when any shard had records."""
+        busy = False
+        for shard in self._readable_shards():
+            if self.stop.is_set():
+                break
+            cursor = self._cursor(shard)
+            if cursor is None:
+                continue
+            batch = cursor.read(self.batch_size)
+            if self.metrics is not None:
+                self.metrics.lag(self.group, shard.shard_id, batch.millis_behind_latest)
+            if batch.records:
+                busy = True
+                self.settle(batch.records)
+                last = batch.records[-1]
+                self.checkpoints.save(self.group, shard.shard_id, last.position)
+            if batch.end_of_shard:
+                self.checkpoints.save(self.group, shard.shard_id, SHARD_END)
+                self._finished.add(shard.shard_id)
+                self._cursors.pop(shard.shard_id).close()
+        return busy
+
+    def _readable_shards(self) -> list[Shard]:
+        now = time.monotonic()
+        if now - self._shards_at >= SHARD_REFRESH_SECONDS:
+            self._shards = self.reader.list_shards()
+            self._shards_at = now
+        return [
+            s
+            for s in self._shards
+            if s.shard_id not in self._finished
+            and all(p in self._finished or not self._known(p) for p in s.parent_ids)
+        ]
+
+    def _known(self, shard_id: str) -> bool:
+        """A parent the stream no longer lists (trimmed away) does not block its children."""
+        return any(s.shard_id == shard_id for s in self._shards)
+
+    def _cursor(self, shard: Shard) -> ShardCursor | None:
+        cursor = self._cursors.get(shard.shard_id)
+        if cursor is None:
+            position = self.checkpoints.load(self.group, shard.shard_id)
+            if position is not None and position.shard_end:
+                self._finished.add(shard.shard_id)
+                return None
+            cursor = self.reader.open(shard.shard_id, position)
+            self._cursors[shard.shard_id] = cursor
+        return cursor
+
+    def _drop_cursors(self) -> None:
+        for cursor in self._cursors.values():
+            cursor.close()
+        self._cursors.clear()
+        self._shards_at = -SHARD_REFRESH_SECONDS
+
+    # -- settling one batch -------------------------------------------------------------------
+
+    def settle(self, records: Sequence[UserRecord], *, replay: bool = False) -> tuple[int, int]:
+        """Deliver, retry and dead-letter until every record of ``records`` is settled.
+        Returns (delivered, dead-lettered)."""
+        pending: list[_Pending] = []
+        letters: list[DeadLetter] = []
+        now_ms = int(self.clock() * 1000)
+        for record in records:
+            try:
+                kind, fields = self.codec.decode(record.data)
+            except RecordError as exc:
+                letters.append(self._letter(record, None, exc, 0, now_ms))
+                continue
+            if fields.get("namespace") != self.namespace or kind not in self.kinds:
+                continue
+            pending.append(_Pending(len(pending), Delivery(record, kind, fields, replay)))
+        delivered, retries = self._deliver(pending, letters)
+        if letters:
+            self.dead_letters.put(letters)
+            for letter in letters:
+                log.warning(
+                    "consumer %s: dead-lettered %s: %s",
+                    self.group,
+                    letter.record_id or letter.sequence_number,
+                    letter.message,
+                    extra={"code": letter.code, "attempts": letter.attempts},
+                )
+        if self.metrics is not None:
+            self.metrics.settled(self.group, delivered, len(letters), retries)
+        return delivered, len(letters)
+
+    def _deliver(self, pending: list[_Pending], letters: list[DeadLetter]) -> tuple[int, int]:
+        delivered = 0
+        retries = 0
+        attempt = 0
+        while pending:
+            attempt += 1
+            now_ms = int(self.clock() * 1000)
+            for item in pending:
+                item.attempts += 1
+                item.first_attempt_ms = item.first_attempt_ms or now_ms
+            failures = self._attempt([p.delivery for p in pending])
+            still: list[_Pending] = []
+            for position, item in enumerate(pending):
+                error = failures.get(position)
+                if error is None:
+                    delivered += 1
+                elif isinstance(error, RetryableError) and not self._exhausted(item, now_ms):
+                    item.error = error
+                    still.append(item)
+                else:
+                    letters.append(
+                        self._letter(
+                            item.delivery.record,
+                            item.delivery.fields,
+                            error,
+                            item.attempts,
+                            item.first_attempt_ms,
+                        )
+                    )
+            pending = still
+            if pending:
+                retries += len(pending)
+                # Full jitter: a random wait up to the exponential bound.
+                if self.stop.wait(self.policy.delay(attempt)) and self._stopping_gives_up(pending):
+                    break
+        return delivered, retries
+
+    def _attempt(self, batch: list[Delivery]) -> dict[int, P13nError]:
+        try:
+            return dict(self.target.deliver(batch))
+        except P13nError as exc:
+            return dict.fromkeys(range(len(batch)), exc)
+        except Exception as exc:  # a target bug: retry like an outage, and say so loudly
+            log.exception("consumer %s: target raised unexpectedly", self.group)
+            error = Unavailable(f"target failed: {type(exc).__name__}")
+            return dict.fromkeys(range(len(batch)), error)
+
+    def _exhausted(self, item: _Pending, now_ms: int) -> bool:
+        age = now_ms / 1000 - item.delivery.record.arrival_ms / 1000
+        return item.attempts >= self.policy.max_attempts or (
+            not item.delivery.replay and age > self.policy.max_record_age_seconds
+        )
+
+    def _stopping_gives_up(self, pending: list[_Pending]) -> bool:
+        """Shutdown during a backoff: the unsettled records stay unsettled (no checkpoint past
+        them), so we raise out instead of dead-lettering records that might still go through."""
+        raise _Interrupted()
+
+    def _letter(
+        self, record: UserRecord, fields: object, error: P13nError, attempts: int, first_ms: int
+    ) -> DeadLetter:
+        record_id = None
+        if isinstance(fields, dict) and isinstance(fields.get("recordId"), bytes):
+            record_id = fields["recordId"].hex()
+        kind = "permanent" if isinstance(error, PermanentError) else "retryable"
+        return DeadLetter(
+            group=self.group,
+            record_id=record_id,
+            error_type=f"{kind}:{type(error).__name__}",
+            code=error.code,
+            message=error.message,
+            attempts=attempts,
+            first_attempt_ms=first_ms,
+            last_attempt_ms=int(self.clock() * 1000),
+            shard_id=record.shard_id,
+            sequence_number=record.sequence_number,
+            sub_sequence=record.sub_sequence,
+            data=record.data,
+        )
+
+
+class _Interrupted(Exception):
+    """Raised through ``settle`` when the consumer stops mid-retry; nothing is checkpointed."""
+
+
+__all__ = ["GroupConsumer", "Position", "RetryPolicy"]
