@@ -18,10 +18,10 @@ A target may raise instead of returning failures; the error then applies to ever
 the batch. Targets never sleep and never retry by themselves.
 
 Ordering: records reach ``deliver`` in stream order per shard, so one partition key's records
-arrive in the order they were written. When a record fails with *retry*, a target must also
-report *retry* for later records of the same partition key in that batch that it has not yet
+arrive in the order they were written. When a record fails with *retry*, a target must report
+``Deferred`` for later records of the same partition key in that batch that it has not yet
 sent, so a retried record is never overtaken by its successor. The runner re-sends the
-failed subset in the original order.
+failed subset in the original order; a deferral does not count as an attempt.
 
 Delivery is at least once: the checkpoint passes a record only after it is settled (delivered
 or dead-lettered); after a crash, the unsettled tail of the last batch is delivered again.
@@ -34,8 +34,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from schemas.errors import P13nError
+from schemas.errors import P13nError, RetryableError
 from streams.base import UserRecord
+
+
+class Deferred(RetryableError):
+    """Not sent: an earlier record of the same partition key is being retried."""
+
+    default_code = "Deferred"
+
+    def __init__(self, message: str = "waiting for an earlier record of the same key") -> None:
+        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)

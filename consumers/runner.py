@@ -18,14 +18,13 @@ from typing import Protocol
 
 from tenacity import RetryCallState, wait_random_exponential
 
-from consumers.base import Delivery, Target
+from consumers.base import Deferred, Delivery, Target
 from consumers.deadletters import DeadLetter, DeadLetterStore
 from schemas.codec import Codec
 from schemas.errors import P13nError, PermanentError, RecordError, RetryableError, Unavailable
 from streams.base import (
     SHARD_END,
     CheckpointStore,
-    Position,
     Shard,
     ShardCursor,
     StreamReader,
@@ -114,6 +113,9 @@ class GroupConsumer:
             while not self.stop.is_set():
                 try:
                     busy = self.poll_once()
+                except Interrupted as exc:
+                    log.info("consumer %s stopping: %s", self.group, exc)
+                    break
                 except RetryableError as exc:
                     log.warning("consumer %s: stream read failed: %s", self.group, exc.message)
                     self._drop_cursors()
@@ -224,11 +226,16 @@ class GroupConsumer:
                 item.attempts += 1
                 item.first_attempt_ms = item.first_attempt_ms or now_ms
             failures = self._attempt([p.delivery for p in pending])
+            # A round where everything was deferred would loop forever: count it then.
+            someone_tried = any(not isinstance(e, Deferred) for e in failures.values())
             still: list[_Pending] = []
             for position, item in enumerate(pending):
                 error = failures.get(position)
                 if error is None:
                     delivered += 1
+                elif isinstance(error, Deferred) and someone_tried:
+                    item.attempts -= 1  # never sent: waiting behind its predecessor
+                    still.append(item)
                 elif isinstance(error, RetryableError) and not self._exhausted(item, now_ms):
                     item.error = error
                     still.append(item)
@@ -245,9 +252,11 @@ class GroupConsumer:
             pending = still
             if pending:
                 retries += len(pending)
-                # Full jitter: a random wait up to the exponential bound.
-                if self.stop.wait(self.policy.delay(attempt)) and self._stopping_gives_up(pending):
-                    break
+                # Full jitter: a random wait up to the exponential bound. A stop during the
+                # wait leaves these records unsettled (no checkpoint passes them); they are
+                # delivered again after a restart rather than dead-lettered too early.
+                if self.stop.wait(self.policy.delay(attempt)):
+                    raise Interrupted(f"{len(pending)} record(s) left unsettled by shutdown")
         return delivered, retries
 
     def _attempt(self, batch: list[Delivery]) -> dict[int, P13nError]:
@@ -265,11 +274,6 @@ class GroupConsumer:
         return item.attempts >= self.policy.max_attempts or (
             not item.delivery.replay and age > self.policy.max_record_age_seconds
         )
-
-    def _stopping_gives_up(self, pending: list[_Pending]) -> bool:
-        """Shutdown during a backoff: the unsettled records stay unsettled (no checkpoint past
-        them), so we raise out instead of dead-lettering records that might still go through."""
-        raise _Interrupted()
 
     def _letter(
         self, record: UserRecord, fields: object, error: P13nError, attempts: int, first_ms: int
@@ -294,8 +298,5 @@ class GroupConsumer:
         )
 
 
-class _Interrupted(Exception):
+class Interrupted(Exception):
     """Raised through ``settle`` when the consumer stops mid-retry; nothing is checkpointed."""
-
-
-__all__ = ["GroupConsumer", "Position", "RetryPolicy"]

@@ -81,9 +81,10 @@ def create_app(
     writer: StreamWriter | None = None,
     clock: Callable[[], datetime] | None = None,
     access_log: AccessLog | None = None,
+    metrics: Metrics | None = None,
 ) -> Starlette:
     config = holder.current
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     access_log = access_log or AccessLog(
         enabled=logging.getLogger("p13n.access").isEnabledFor(logging.INFO)
     )

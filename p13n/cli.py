@@ -7,11 +7,17 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from schemas.config import Config, validate_document
 from schemas.errors import ConfigError, P13nError
 from schemas.sources import ConfigHolder, FileSource, source_for
+
+if TYPE_CHECKING:
+    from consumers.supervisor import ConsumerSet
+    from p13n.metrics import Metrics
 
 EXIT_INVALID = 2
 
@@ -44,26 +50,70 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         # Workers are fresh interpreters: they set up the same JSON logs from this variable.
         os.environ["P13N_LOG_LEVEL"] = args.log_level
-        uvicorn.run(
-            "p13n.app:app_from_environment",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_config=None,
-            access_log=False,
-        )
+        # Workers are separate processes; the consumers run once, here in the parent.
+        consumers = _embedded_consumers(args, holder.current, None)
+        try:
+            uvicorn.run(
+                "p13n.app:app_from_environment",
+                factory=True,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                log_config=None,
+                access_log=False,
+            )
+        finally:
+            if consumers is not None:
+                consumers.stop()
         return 0
     from p13n.app import create_app
+    from p13n.metrics import Metrics
 
-    uvicorn.run(
-        create_app(holder),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    metrics = Metrics()
+    app = create_app(holder, metrics=metrics)
+    consumers = _embedded_consumers(args, holder.current, metrics)
+    try:
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        if consumers is not None:
+            consumers.stop()
+    return 0
+
+
+def _embedded_consumers(
+    args: argparse.Namespace, config: Config, metrics: Metrics | None
+) -> ConsumerSet | None:
+    """In embedded mode ``serve`` also runs the consumer groups, unless told not to."""
+    if args.no_consumers or config.stream.type != "embedded":
+        return None
+    from consumers.supervisor import ConsumerSet
+
+    consumers = ConsumerSet(config, metrics=metrics)
+    consumers.start()
+    return consumers
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    from consumers.supervisor import ConsumerSet
+    from p13n import logs
+
+    logs.configure(args.log_level)
+    config = _holder(args).current
+    consumers = ConsumerSet(config, targets=args.target)
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    consumers.start()
+    stopping.wait()
+    # Finish the batch in hand, checkpoint it, exit.
+    consumers.stop()
     return 0
 
 
@@ -128,7 +178,19 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--no-consumers",
+        action="store_true",
+        help="embedded mode: don't run the event targets here",
+    )
     serve.set_defaults(func=cmd_serve)
+
+    consume = with_config(commands.add_parser("consume", help="run the consumer groups"))
+    consume.add_argument(
+        "--target", action="append", help="only this target (name or namespace/name); repeatable"
+    )
+    consume.add_argument("--log-level", default="info")
+    consume.set_defaults(func=cmd_consume)
 
     config = commands.add_parser("config", help="work with config documents")
     config_commands = config.add_subparsers(dest="config_command", required=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -77,6 +78,49 @@ class Metrics:
             "p13n_producer_queue_depth", "Entries waiting for the stream", registry=r
         )
         self.config_reloads = Counter("p13n_config_reloads", "Config reloads applied", registry=r)
+        self.consumer_delivered = Counter(
+            "p13n_consumer_delivered",
+            "Records delivered to a target, by consumer group",
+            ["group"],
+            registry=r,
+        )
+        self.consumer_dead_letters = Counter(
+            "p13n_consumer_dead_letters",
+            "Records dead-lettered, by consumer group",
+            ["group"],
+            registry=r,
+        )
+        self.consumer_retries = Counter(
+            "p13n_consumer_retries",
+            "Record deliveries retried, by consumer group",
+            ["group"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "p13n_consumer_millis_behind_latest",
+            "How far a consumer group is behind the tip of a shard",
+            ["group", "shard"],
+            registry=r,
+        )
+
+        # Label children by key: labels() costs more than the increment it leads to.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(
+        self, route: str, method: str, status: int, seconds: float, code: str | None
+    ) -> None:
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        if code is not None:
+            self.rejections.labels(code).inc()
 
     def watch_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)
@@ -95,6 +139,15 @@ class Metrics:
 
     def rejected(self, reason: str) -> None:
         self.producer_rejections.labels(reason).inc()
+
+    # ConsumerMetrics
+    def settled(self, group: str, delivered: int, dead_lettered: int, retries: int) -> None:
+        self.consumer_delivered.labels(group).inc(delivered)
+        self.consumer_dead_letters.labels(group).inc(dead_lettered)
+        self.consumer_retries.labels(group).inc(retries)
+
+    def lag(self, group: str, shard_id: str, millis_behind: int) -> None:
+        self.consumer_lag.labels(group, shard_id).set(millis_behind)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -56,11 +56,8 @@ class ObserveRequests:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.latency.labels(template).observe(elapsed)
             code = scope.get(ERROR_CODE_KEY)
-            if code is not None:
-                self.metrics.rejections.labels(code).inc()
+            self.metrics.observe_request(template, method, status, elapsed, code)
             entry = {
                 "message": f"{method} {scope['path']} {status}",
                 "route": template,

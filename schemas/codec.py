@@ -74,7 +74,7 @@ class Codec:
         out.write(MARKER)
         out.write(known.fingerprint)
         try:
-            schemaless_writer(out, known.parsed, record)
+            schemaless_writer(out, known.parsed, record, disable_tuple_notation=True)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise RecordError(f"record does not fit {name}: {exc}") from exc
         return out.getvalue()

@@ -1,0 +1,50 @@
+"""Event targets, one module each; this is the one place their types are registered.
+
+Every target class takes ``(config: TargetConfig, context: TargetContext)`` and implements
+``consumers.base.Target``. Adding a target type is one module plus one line in ``REGISTRY``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from consumers.base import Target
+from schemas.codec import Codec
+from schemas.config import Config, TargetConfig
+from schemas.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TargetContext:
+    """What a target may need beyond its own settings; nothing here is open yet."""
+
+    config: Config
+    codec: Codec
+
+
+# type → "module:Class", imported only when a config uses the type.
+REGISTRY: Mapping[str, str] = MappingProxyType(
+    {
+        "interactions": "consumers.targets.interactions:InteractionsTarget",
+        "personalize-event-tracker": "consumers.targets.personalize:PersonalizeTarget",
+        "kinesis-stream": "consumers.targets.kinesis_stream:KinesisStreamTarget",
+        "kinesis-firehose": "consumers.targets.firehose:FirehoseTarget",
+        "http": "consumers.targets.http:HttpTarget",
+        "lambda": "consumers.targets.lambda_function:LambdaTarget",
+        "archive": "consumers.targets.archive:ArchiveTarget",
+        "evidently": "consumers.targets.evidently:EvidentlyTarget",
+    }
+)
+
+
+def build_target(config: TargetConfig, context: TargetContext) -> Target:
+    where = REGISTRY.get(config.type)
+    if where is None:
+        raise ConfigError(f"unknown event target type '{config.type}' ({config.group})")
+    module_name, class_name = where.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    target: Target = cls(config, context)
+    return target
