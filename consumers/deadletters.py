@@ -1,9 +1,11 @@
 """Dead letters: records a target could not take, kept with the reason and their original bytes.
 
-A dead letter is one JSON line: target (consumer group), record id when the bytes decoded,
-error type/code/message, attempts, first and last attempt time (epoch ms), the shard position,
-and the original bytes in base64. ``put`` returns once the letters are durable (a file fsynced,
-or an S3 PutObject done); the runner checkpoints past a record only after that.
+A dead letter is one JSON line: its own id, target (consumer group), record id when the bytes
+decoded, error type/code/message, attempts, first and last attempt time (epoch ms), the shard
+position and partition key, and the original bytes in base64. ``put`` returns once the letters
+are durable (a file fsynced, or an S3 PutObject done); the runner checkpoints past a record only
+after that. ``mark_redriven`` records letter ids that were sent again, so a second redrive
+skips them; a redrive that fails again writes a new letter (with a new id).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from schemas.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
+    letter_id: str
     group: str
     record_id: str | None
     error_type: str
@@ -34,6 +37,7 @@ class DeadLetter:
     shard_id: str
     sequence_number: str
     sub_sequence: int
+    partition_key: str
     data: bytes
 
     def to_json(self) -> dict[str, Any]:
@@ -47,16 +51,18 @@ class DeadLetter:
         fields["data"] = base64.b64decode(entry["data"])
         return cls(**fields)
 
-    @property
-    def key(self) -> str:
-        """Identifies the letter across listings (one per group and stream position)."""
-        return f"{self.group}|{self.shard_id}|{self.sequence_number}|{self.sub_sequence}"
-
 
 class DeadLetterStore(Protocol):
     def put(self, letters: Sequence[DeadLetter]) -> None: ...
 
     def list(self, group: str | None = None) -> Iterator[DeadLetter]: ...
+
+    def mark_redriven(self, group: str, letter_ids: Sequence[str]) -> None: ...
+
+    def redriven(self, group: str) -> set[str]: ...
+
+
+REDRIVEN = "redriven.txt"
 
 
 def _group_folder(group: str) -> str:
@@ -85,6 +91,21 @@ class FileDeadLetterStore:
                     handle.flush()
                     os.fsync(handle.fileno())
 
+    def mark_redriven(self, group: str, letter_ids: Sequence[str]) -> None:
+        path = os.path.join(self._directory, _group_folder(group), REDRIVEN)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with self._lock, open(path, "a", encoding="utf-8") as handle:
+            handle.write("".join(f"{letter_id}\n" for letter_id in letter_ids))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def redriven(self, group: str) -> set[str]:
+        path = os.path.join(self._directory, _group_folder(group), REDRIVEN)
+        if not os.path.exists(path):
+            return set()
+        with open(path, encoding="utf-8") as handle:
+            return {line.strip() for line in handle if line.strip()}
+
     def list(self, group: str | None = None) -> Iterator[DeadLetter]:
         if not os.path.isdir(self._directory):
             return
@@ -94,7 +115,7 @@ class FileDeadLetterStore:
             if not os.path.isdir(path):
                 continue
             for name in sorted(os.listdir(path)):
-                if name.endswith(".jsonl"):
+                if name.endswith(".jsonl") and name != REDRIVEN:
                     with open(os.path.join(path, name), encoding="utf-8") as handle:
                         for line in handle:
                             if line.strip():

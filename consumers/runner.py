@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -283,6 +284,7 @@ class GroupConsumer:
             record_id = fields["recordId"].hex()
         kind = "permanent" if isinstance(error, PermanentError) else "retryable"
         return DeadLetter(
+            letter_id=uuid.uuid4().hex,
             group=self.group,
             record_id=record_id,
             error_type=f"{kind}:{type(error).__name__}",
@@ -294,6 +296,7 @@ class GroupConsumer:
             shard_id=record.shard_id,
             sequence_number=record.sequence_number,
             sub_sequence=record.sub_sequence,
+            partition_key=record.partition_key,
             data=record.data,
         )
 

@@ -159,6 +159,38 @@ def cmd_stream_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dead_letters_list(args: argparse.Namespace) -> int:
+    from consumers.deadletters import dead_letter_store
+    from consumers.supervisor import select_targets
+
+    config = _holder(args).current
+    for target in select_targets(config, args.target):
+        store = dead_letter_store(target.dead_letter_uri or config.dead_letter_uri, config.data_dir)
+        done = store.redriven(target.group)
+        for letter in store.list(target.group):
+            entry = letter.to_json()
+            entry.pop("data")
+            entry["bytes"] = len(letter.data)
+            entry["redriven"] = letter.letter_id in done
+            print(json.dumps(entry))
+    return 0
+
+
+def cmd_dead_letters_redrive(args: argparse.Namespace) -> int:
+    from consumers.redrive import redrive
+    from consumers.supervisor import ConsumerSet
+
+    config = _holder(args).current
+    consumers = ConsumerSet(config, targets=[args.target])
+    for target in consumers.targets:
+        summary = redrive(consumers.build(target))
+        print(
+            f"{target.group}: {summary.letters} letter(s) redriven: {summary.delivered} delivered, "
+            f"{summary.dead_lettered} dead-lettered again"
+        )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="p13n", description="Real-time personalization layer.")
     commands = root.add_subparsers(dest="command", required=True)
@@ -197,6 +229,17 @@ def parser() -> argparse.ArgumentParser:
     validate = config_commands.add_parser("validate", help="check a config file")
     validate.add_argument("path")
     validate.set_defaults(func=cmd_config_validate)
+
+    letters = commands.add_parser("dead-letters", help="inspect and redrive dead letters")
+    letter_commands = letters.add_subparsers(dest="letters_command", required=True)
+    listing = with_config(
+        letter_commands.add_parser("list", help="print dead letters as JSON lines")
+    )
+    listing.add_argument("--target", action="append", help="only this target; repeatable")
+    listing.set_defaults(func=cmd_dead_letters_list)
+    again = with_config(letter_commands.add_parser("redrive", help="send a target's letters again"))
+    again.add_argument("--target", required=True, help="target name or namespace/name")
+    again.set_defaults(func=cmd_dead_letters_redrive)
 
     stream = commands.add_parser("stream", help="look into the stream")
     stream_commands = stream.add_subparsers(dest="stream_command", required=True)
