@@ -94,7 +94,11 @@ def _embedded_consumers(
     if args.no_consumers or config.stream.type != "embedded":
         return None
     from consumers.supervisor import ConsumerSet
+    from streams.factory import build_writer
 
+    # The consumers' readers need the log to exist; with --workers N it is otherwise only
+    # created later, by the workers. Opening a writer creates it (idempotently).
+    build_writer(config).close()
     consumers = ConsumerSet(config, metrics=metrics)
     consumers.start()
     return consumers

@@ -54,13 +54,15 @@ def by_record_id(service: Service) -> dict[str, dict[str, Any]]:
     return {line["record"]["recordId"]: line for line in service.tail()}
 
 
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
+def assert_error(
+    response: httpx.Response, status: int, code: str, what: str = ""
+) -> dict[str, Any]:
+    assert response.status_code == status, (what, response.text)
+    assert response.headers["content-type"].startswith("application/json"), what
     body = response.json()
-    assert set(body) == ERROR_KEYS, body
-    assert body["code"] == code, body
-    assert body["type"] == "ClientError"
+    assert set(body) == ERROR_KEYS, (what, body)
+    assert body["code"] == code, (what, body)
+    assert body["type"] == "ClientError", what
     assert isinstance(body["message"], str) and body["message"]
     assert "Traceback" not in body["message"]
     return body
@@ -379,7 +381,7 @@ def test_every_bad_request_gets_its_error_and_writes_nothing(service_factory: An
 
         for what, request, status, code in _bad_requests(limit):
             response = client.post(**request)
-            body = assert_error(response, status, code)
+            body = assert_error(response, status, code, what)
             assert response.headers["x-personalization-config-version"] == "shop-7", what
             if code == "MalformedJson":
                 assert "byte" in body["message"], body

@@ -373,13 +373,15 @@ def test_two_workers_both_accept_events(service_factory: Any) -> None:
     service = service_factory(extra_args=("--workers", "2"))
     total = 200
 
-    def send(number: int) -> int:
-        # A connection per request, so that both workers get to accept some.
-        with service.client() as http:
-            return post_event(http, "demo", f"session-{number}").status_code
+    def send(numbers: range) -> list[int]:
+        # No keep-alive: a connection per request, so that both workers get to accept some.
+        with service.client(limits=httpx.Limits(max_keepalive_connections=0)) as http:
+            return [post_event(http, "demo", f"session-{n}").status_code for n in numbers]
 
     with ThreadPoolExecutor(10) as pool:
-        statuses = list(pool.map(send, range(total)))
+        statuses = [
+            s for part in pool.map(send, [range(n, total, 10) for n in range(10)]) for s in part
+        ]
     assert statuses == [202] * total
     assert len(service.tail()) == total
 
@@ -387,8 +389,7 @@ def test_two_workers_both_accept_events(service_factory: Any) -> None:
     seen: set[float] = set()
 
     def both_workers_answered() -> bool:
-        with service.client() as http:
-            text = http.get("/metrics").text
+        text = httpx.get(f"{service.url}/metrics", headers={"connection": "close"}).text
         seen.add(metric(text, "p13n_http_requests_total", route=EVENTS_ROUTE, status="202"))
         return len(seen) == 2
 
