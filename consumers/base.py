@@ -69,6 +69,7 @@ class Target(Protocol):
     """
 
     name: str
+    kinds: frozenset[str]  # which record kinds it takes (schemas.codec.INTERACTION, EXPOSURE)
 
     def open(self) -> None: ...
 

@@ -17,7 +17,7 @@ from consumers.deadletters import dead_letter_store
 from consumers.runner import ConsumerMetrics, GroupConsumer, RetryPolicy
 from consumers.targets import TargetContext, build_target
 from schemas.codec import Codec
-from schemas.config import Config, TargetConfig
+from schemas.config import Config, Namespace, TargetConfig
 from schemas.errors import ConfigError, P13nError
 from streams.base import CheckpointStore, StreamReader
 from streams.checkpoints import SqliteCheckpointStore
@@ -32,7 +32,7 @@ def checkpoint_path(config: Config) -> str:
 
 def select_targets(config: Config, names: Iterable[str] | None = None) -> list[TargetConfig]:
     """Every target of every namespace, or those named (``name`` or ``namespace/name``)."""
-    every = [t for ns in config.namespaces.values() for t in ns.event_targets]
+    every = [t for ns in config.namespaces.values() for t in (*ns.event_targets, *_tracking(ns))]
     if not names:
         return every
     wanted = set(names)
@@ -41,6 +41,19 @@ def select_targets(config: Config, names: Iterable[str] | None = None) -> list[T
     if unknown:
         raise ConfigError(f"no event target named {', '.join(sorted(unknown))}")
     return chosen
+
+
+def _tracking(ns: Namespace) -> tuple[TargetConfig, ...]:
+    """Experiment tracking runs wherever a recommender has experiments, without being listed."""
+    recommenders = [rec for by_name in ns.recommenders.values() for rec in by_name.values()]
+    if not any(rec.experiments for rec in recommenders):
+        return ()
+    if any(t.name == "experiments" for t in ns.event_targets):
+        raise ConfigError(
+            f"namespace '{ns.key}': the event target name 'experiments' is reserved for "
+            "experiment tracking"
+        )
+    return (TargetConfig(type="experiments", name="experiments", namespace=ns.key, options={}),)
 
 
 @dataclass
@@ -86,7 +99,7 @@ class ConsumerSet:
             self._checkpoints(config),
             dead_letter_store(target.dead_letter_uri or config.dead_letter_uri, config.data_dir),
             codec,
-            kinds=built.kinds,  # type: ignore[attr-defined]
+            kinds=built.kinds,
             batch_size=target.batch_size or defaults.get("batchSize", 500),
             policy=policy,
             poll_seconds=defaults.get("pollIntervalMs", 200) / 1000,

@@ -1,1 +1,5 @@
-pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.service"]
+pytest_plugins = [
+    "tests.fixtures.servers",
+    "tests.fixtures.service",
+    "tests.fixtures.fake_personalize",
+]

@@ -1,0 +1,195 @@
+"""``personalize-event-tracker``: interactions to an Amazon Personalize event tracker (PutEvents).
+
+Personalize's quota is counted in calls (about 1,000 PutEvents per second per dataset group),
+so events are packed: consecutive records of one partition key that share a ``sessionId`` and
+``userId`` go in one call of up to 10 events. Each partition key is a *lane*: its calls are made
+one after another, in stream order, while lanes run in parallel. Experiment conversions are not
+sent here; they belong to experiment tracking.
+
+Outcomes: a throttled or failed call (retryable) fails its records, and the lane's later records
+are ``Deferred`` unsent. A packed call rejected as invalid is split and each record sent alone,
+so only the record Personalize refuses is dead-lettered, not its neighbours. An unknown tracker
+or missing permission is not about any record: it fails the rest of the batch without more calls.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from consumers.base import Deferred, Delivery, Failures
+from consumers.ratelimit import TokenBucket
+from consumers.targets import TargetContext
+from schemas.codec import INTERACTION
+from schemas.config import TargetConfig
+from schemas.errors import Forbidden, NotFound, P13nError, RetryableError, Unavailable
+from schemas.records import event_id
+from streams.aws import client, translate
+
+MAX_EVENTS_PER_CALL = 10  # PutEvents' eventList limit
+LANE_WORKERS = 8
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Errors about the call as a whole (the tracker, the credentials), never about one record.
+_CALL_LEVEL = (NotFound, Forbidden)
+
+
+@dataclass
+class _Call:
+    """One PutEvents: ``(batch index, that record's events)`` pieces of one session and user."""
+
+    session_id: str
+    user_id: str | None
+    pieces: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(len(events) for _, events in self.pieces)
+
+
+class _Abort:
+    """Set once by a lane that met a call-level error; the other lanes stop calling."""
+
+    error: P13nError | None = None
+
+
+class PersonalizeTarget:
+    kinds = frozenset({INTERACTION})
+
+    def __init__(self, config: TargetConfig, context: TargetContext) -> None:
+        self.name = config.name
+        self._config = config
+        self._tracking_id: str = config.options["trackingId"]
+        self._rate: float | None = config.options.get("maxCallsPerSecond")
+        self._what = f"personalize PutEvents ({config.group})"
+        self._client: Any = None
+        self._bucket: TokenBucket | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def open(self) -> None:
+        self._client = client(
+            "personalize-events",
+            region=self._config.region,
+            endpoint_url=self._config.endpoint_url,
+            max_attempts=1,
+        )
+        if self._rate is not None:
+            self._bucket = TokenBucket(self._rate)
+        self._pool = ThreadPoolExecutor(LANE_WORKERS, thread_name_prefix=f"p13n-{self.name}")
+
+    def deliver(self, batch: Sequence[Delivery]) -> Failures:
+        if self._client is None or self._pool is None:
+            raise Unavailable(f"{self._what}: target is not open")
+        lanes: dict[str, list[int]] = {}
+        for index, delivery in enumerate(batch):
+            if delivery.kind == INTERACTION and delivery.fields.get("eventList"):
+                lanes.setdefault(delivery.record.partition_key, []).append(index)
+        abort = _Abort()
+        futures = [
+            self._pool.submit(self._deliver_lane, _pack(batch, indices), abort)
+            for indices in lanes.values()
+        ]
+        failures: dict[int, P13nError] = {}
+        for future in futures:
+            failures.update(future.result())
+        return failures
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _deliver_lane(self, calls: list[_Call], abort: _Abort) -> dict[int, P13nError]:
+        """One partition key's calls, strictly in order; returns its records' failures."""
+        failures: dict[int, P13nError] = {}
+        queue = deque(calls)
+        while queue:
+            call = queue.popleft()
+            call.pieces = [(i, events) for i, events in call.pieces if i not in failures]
+            if not call.pieces:
+                continue  # every record in it already failed for good
+            error = abort.error or self._put(call)
+            if error is None:
+                continue
+            records = [i for i, _ in call.pieces]
+            if isinstance(error, RetryableError):
+                failures.update(dict.fromkeys(records, error))
+                waiting = Deferred(f"waiting for batch record {records[0]}: {error.message}")
+                for later in queue:
+                    for i, _ in later.pieces:
+                        failures.setdefault(i, waiting)
+                break
+            if isinstance(error, _CALL_LEVEL):
+                abort.error = error
+                for i in [*records, *(i for later in queue for i, _ in later.pieces)]:
+                    failures.setdefault(i, error)
+                break
+            if len(set(records)) == 1:
+                failures[records[0]] = error
+                continue
+            # Invalid input somewhere in a packed call: send each record alone to find it.
+            alone = [_Call(call.session_id, call.user_id, [piece]) for piece in call.pieces]
+            queue.extendleft(reversed(alone))
+        return failures
+
+    def _put(self, call: _Call) -> P13nError | None:
+        params: dict[str, Any] = {
+            "trackingId": self._tracking_id,
+            "sessionId": call.session_id,
+            "eventList": [event for _, events in call.pieces for event in events],
+        }
+        if call.user_id is not None:
+            params["userId"] = call.user_id
+        if self._bucket is not None:
+            self._bucket.acquire()  # pacing to the configured rate, not a retry
+        try:
+            self._client.put_events(**params)
+        except (ClientError, BotoCoreError) as exc:
+            return translate(exc, self._what)
+        return None
+
+
+def _pack(batch: Sequence[Delivery], indices: list[int]) -> list[_Call]:
+    """One lane's records as calls, in order: a record's events stay in one call when they fit,
+    and a call holds one ``(sessionId, userId)``."""
+    calls: list[_Call] = []
+    for index in indices:
+        record = batch[index].fields
+        session_id, user_id = record["sessionId"], record.get("userId")
+        events = [_event(record, n, event) for n, event in enumerate(record["eventList"])]
+        for start in range(0, len(events), MAX_EVENTS_PER_CALL):
+            chunk = events[start : start + MAX_EVENTS_PER_CALL]
+            last = calls[-1] if calls else None
+            if (
+                last is None
+                or (last.session_id, last.user_id) != (session_id, user_id)
+                or last.size + len(chunk) > MAX_EVENTS_PER_CALL
+            ):
+                last = _Call(session_id, user_id)
+                calls.append(last)
+            last.pieces.append((index, chunk))
+    return calls
+
+
+def _event(record: Mapping[str, Any], index: int, event: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "eventId": event_id(record, index),
+        "eventType": event["eventType"],
+        "sentAt": _EPOCH + timedelta(milliseconds=event["sentAt"]),
+    }
+    for key in ("eventValue", "itemId", "properties", "recommendationId"):
+        if event.get(key) is not None:
+            out[key] = event[key]
+    if event.get("impression"):
+        out["impression"] = list(event["impression"])
+    if event.get("metricAttribution") is not None:
+        out["metricAttribution"] = dict(event["metricAttribution"])
+    return out
