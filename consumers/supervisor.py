@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -28,6 +30,20 @@ log = logging.getLogger("p13n.consumers")
 
 def checkpoint_path(config: Config) -> str:
     return os.path.join(config.data_dir, "checkpoints.db")
+
+
+def build_checkpoints(config: Config, owner: str) -> CheckpointStore:
+    """The store ``config.checkpoints`` names: SQLite in the data dir (one consuming process),
+    or DynamoDB, whose shard leases let several processes share the stream (``owner`` names
+    this one in them)."""
+    kind = config.checkpoints.get("type", "sqlite")
+    if kind == "sqlite":
+        return SqliteCheckpointStore(checkpoint_path(config))
+    if kind == "dynamodb":
+        from streams.dynamodb_checkpoints import DynamoCheckpointStore
+
+        return DynamoCheckpointStore.from_settings(config.checkpoints, owner)
+    raise ConfigError(f"unknown checkpoints type '{kind}'")
 
 
 def select_targets(config: Config, names: Iterable[str] | None = None) -> list[TargetConfig]:
@@ -76,7 +92,9 @@ class ConsumerSet:
         self.targets = select_targets(config, targets)
         self.metrics = metrics
         self._reader = reader
-        self._checkpoints = checkpoints or (lambda c: SqliteCheckpointStore(checkpoint_path(c)))
+        # Names this process in shard leases; unique even across restarts with the same pid.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._checkpoints = checkpoints or (lambda c: build_checkpoints(c, self.owner))
         self._stop = threading.Event()
         self._running: list[_Running] = []
 

@@ -245,6 +245,10 @@ def parser() -> argparse.ArgumentParser:
     again.add_argument("--target", required=True, help="target name or namespace/name")
     again.set_defaults(func=cmd_dead_letters_redrive)
 
+    from consumers.experiment_report import add_experiments_command
+
+    add_experiments_command(commands, with_config, lambda args: _holder(args).current)
+
     stream = commands.add_parser("stream", help="look into the stream")
     stream_commands = stream.add_subparsers(dest="stream_command", required=True)
     tail = with_config(

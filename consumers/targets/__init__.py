@@ -36,6 +36,7 @@ REGISTRY: Mapping[str, str] = MappingProxyType(
         "lambda": "consumers.targets.lambda_function:LambdaTarget",
         "archive": "consumers.targets.archive:ArchiveTarget",
         "evidently": "consumers.targets.evidently:EvidentlyTarget",
+        "experiments": "consumers.targets.experiments:ExperimentsTarget",
     }
 )
 
