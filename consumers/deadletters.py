@@ -129,4 +129,8 @@ def dead_letter_store(uri: str | None, data_dir: str) -> DeadLetterStore:
     parsed = urllib.parse.urlsplit(uri)
     if parsed.scheme == "file":
         return FileDeadLetterStore(parsed.netloc + parsed.path if parsed.netloc else parsed.path)
+    if parsed.scheme == "s3":
+        from consumers.deadletters_s3 import S3DeadLetterStore
+
+        return S3DeadLetterStore.from_uri(uri)
     raise ConfigError(f"unsupported dead letter location {uri}")

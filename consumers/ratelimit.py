@@ -1,4 +1,5 @@
-"""A token bucket for pacing calls (a target's ``maxCallsPerSecond``, replay's ``--rate``).
+"""Pacing: a token bucket for average rates (replay's ``--rate``) and a sliding-window limiter
+for quotas (a target's ``maxCallsPerSecond``).
 
 Pacing is not retrying: ``acquire`` waits until a token is free so that the configured rate is
 never exceeded, and the caller then makes its call once.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 
@@ -39,9 +41,52 @@ class TokenBucket:
                 now = self._clock()
                 self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
                 self._updated = now
-                if self._tokens >= tokens:
-                    self._tokens -= tokens
+                # The epsilon: after sleeping exactly the computed wait, float rounding can
+                # leave the bucket a hair short, which would otherwise spin on tiny waits.
+                if self._tokens >= tokens - 1e-9:
+                    self._tokens = max(0.0, self._tokens - tokens)
                     return waited
                 wait = (tokens - self._tokens) / self.rate
+            self._sleep(wait)
+            waited += wait
+
+
+class WindowLimiter:
+    """At most ``limit`` acquisitions in any ``window`` seconds — a quota, not an average.
+
+    A token bucket lets ``rate + burst`` through in a second; a service quota such as
+    Personalize's calls per second must not be exceeded in any second. This keeps the times of
+    the last ``limit`` acquisitions and lets a new one through only once the oldest of them is
+    a full window old. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._sleep = sleep
+        self._times: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Wait until one more acquisition fits the window; returns the seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self._clock()
+                while self._times and now - self._times[0] >= self.window:
+                    self._times.popleft()
+                if len(self._times) < self.limit:
+                    self._times.append(now)
+                    return waited
+                wait = self.window - (now - self._times[0])
             self._sleep(wait)
             waited += wait

@@ -5,6 +5,8 @@ reached ``SHARD_END``), reads a batch, decodes it, keeps the records of its name
 delivers them, retries what may succeed later, dead-letters what cannot, and then checkpoints
 the batch's last position. The batch in hand is always settled before the checkpoint moves, so
 after a crash only that batch is delivered again. See ``consumers.base`` for the contract.
+When the checkpoint store leases shards (``streams.base.LeaseStore``), only the shards leased to
+this process are read (``consumers.leases``).
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from tenacity import RetryCallState, wait_random_exponential
 
 from consumers.base import Deferred, Delivery, Target
 from consumers.deadletters import DeadLetter, DeadLetterStore
+from consumers.leases import ShardLeases
 from schemas.codec import Codec
 from schemas.errors import P13nError, PermanentError, RecordError, RetryableError, Unavailable
 from streams.base import (
     SHARD_END,
     CheckpointStore,
+    LeaseLost,
+    LeaseStore,
     Shard,
     ShardCursor,
     StreamReader,
@@ -56,6 +61,17 @@ class ConsumerMetrics(Protocol):
     def settled(self, group: str, delivered: int, dead_lettered: int, retries: int) -> None: ...
 
     def lag(self, group: str, shard_id: str, millis_behind: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What ``settle_some`` did with a batch. ``unsettled`` are the records it gave back to the
+    caller (retryable failures still failing, and everything pending behind them); every other
+    record was delivered, dead-lettered or skipped."""
+
+    delivered: int
+    dead_lettered: int
+    unsettled: tuple[UserRecord, ...] = ()
 
 
 @dataclass
@@ -104,12 +120,18 @@ class GroupConsumer:
         self._finished: set[str] = set()
         self._shards: list[Shard] = []
         self._shards_at = -SHARD_REFRESH_SECONDS
+        # Shared checkpoints (several processes): read only the shards leased to this one.
+        self.leases = (
+            ShardLeases(checkpoints, group) if isinstance(checkpoints, LeaseStore) else None
+        )
 
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self) -> None:
         """Consume until ``stop`` is set; the batch in hand is finished and checkpointed first."""
         self.target.open()
+        if self.leases is not None:
+            self.leases.start()
         try:
             while not self.stop.is_set():
                 try:
@@ -127,28 +149,41 @@ class GroupConsumer:
             self.target.close()
             for cursor in self._cursors.values():
                 cursor.close()
+            if self.leases is not None:
+                self.leases.stop()
 
     def poll_once(self) -> bool:
         """One batch from every readable shard; True when any shard had records."""
         busy = False
-        for shard in self._readable_shards():
+        shards = self._readable_shards()
+        if self.leases is not None:
+            for shard_id in self.leases.lost():
+                self._drop_cursor(shard_id)
+            shards = self.leases.held(shards)
+        for shard in shards:
             if self.stop.is_set():
                 break
-            cursor = self._cursor(shard)
-            if cursor is None:
-                continue
-            batch = cursor.read(self.batch_size)
-            if self.metrics is not None:
-                self.metrics.lag(self.group, shard.shard_id, batch.millis_behind_latest)
-            if batch.records:
-                busy = True
-                self.settle(batch.records)
-                last = batch.records[-1]
-                self.checkpoints.save(self.group, shard.shard_id, last.position)
-            if batch.end_of_shard:
-                self.checkpoints.save(self.group, shard.shard_id, SHARD_END)
-                self._finished.add(shard.shard_id)
-                self._cursors.pop(shard.shard_id).close()
+            try:
+                cursor = self._cursor(shard)
+                if cursor is None:
+                    continue
+                batch = cursor.read(self.batch_size)
+                if self.metrics is not None:
+                    self.metrics.lag(self.group, shard.shard_id, batch.millis_behind_latest)
+                if batch.records:
+                    busy = True
+                    self.settle(batch.records)
+                    last = batch.records[-1]
+                    self.checkpoints.save(self.group, shard.shard_id, last.position)
+                if batch.end_of_shard:
+                    self.checkpoints.save(self.group, shard.shard_id, SHARD_END)
+                    self._finish(shard.shard_id)
+            except LeaseLost as exc:
+                # Another process owns the shard now and goes on from the last checkpoint.
+                log.warning("consumer %s: %s", self.group, exc.message)
+                self._drop_cursor(shard.shard_id)
+                if self.leases is not None:
+                    self.leases.drop(shard.shard_id)
         return busy
 
     def _readable_shards(self) -> list[Shard]:
@@ -172,11 +207,22 @@ class GroupConsumer:
         if cursor is None:
             position = self.checkpoints.load(self.group, shard.shard_id)
             if position is not None and position.shard_end:
-                self._finished.add(shard.shard_id)
+                self._finish(shard.shard_id)
                 return None
             cursor = self.reader.open(shard.shard_id, position)
             self._cursors[shard.shard_id] = cursor
         return cursor
+
+    def _finish(self, shard_id: str) -> None:
+        self._finished.add(shard_id)
+        self._drop_cursor(shard_id)
+        if self.leases is not None:
+            self.leases.release(shard_id)
+
+    def _drop_cursor(self, shard_id: str) -> None:
+        cursor = self._cursors.pop(shard_id, None)
+        if cursor is not None:
+            cursor.close()
 
     def _drop_cursors(self) -> None:
         for cursor in self._cursors.values():
@@ -189,6 +235,19 @@ class GroupConsumer:
     def settle(self, records: Sequence[UserRecord], *, replay: bool = False) -> tuple[int, int]:
         """Deliver, retry and dead-letter until every record of ``records`` is settled.
         Returns (delivered, dead-lettered)."""
+        settled = self._settle(records, replay, None)
+        return settled.delivered, settled.dead_lettered
+
+    def settle_some(self, records: Sequence[UserRecord], *, replay: bool = False) -> Settled:
+        """Like ``settle``, but a record still failing with a retryable error after
+        ``policy.max_attempts`` is given back unsettled instead of dead-lettered (unless older
+        than ``max_record_age_seconds``), with every record still pending behind it, for a
+        caller that retries them later itself (the Lambda handler's event source mapping)."""
+        return self._settle(records, replay, [])
+
+    def _settle(
+        self, records: Sequence[UserRecord], replay: bool, left: list[_Pending] | None
+    ) -> Settled:
         pending: list[_Pending] = []
         letters: list[DeadLetter] = []
         now_ms = int(self.clock() * 1000)
@@ -201,7 +260,7 @@ class GroupConsumer:
             if fields.get("namespace") != self.namespace or kind not in self.kinds:
                 continue
             pending.append(_Pending(len(pending), Delivery(record, kind, fields, replay)))
-        delivered, retries = self._deliver(pending, letters)
+        delivered, retries = self._deliver(pending, letters, left)
         if letters:
             self.dead_letters.put(letters)
             for letter in letters:
@@ -214,9 +273,17 @@ class GroupConsumer:
                 )
         if self.metrics is not None:
             self.metrics.settled(self.group, delivered, len(letters), retries)
-        return delivered, len(letters)
+        unsettled = tuple(item.delivery.record for item in left or ())
+        return Settled(delivered, len(letters), unsettled)
 
-    def _deliver(self, pending: list[_Pending], letters: list[DeadLetter]) -> tuple[int, int]:
+    def _deliver(
+        self,
+        pending: list[_Pending],
+        letters: list[DeadLetter],
+        left: list[_Pending] | None = None,
+    ) -> tuple[int, int]:
+        """Settle ``pending``; with ``left`` (a list), records out of attempts but not of age
+        go there, and once any does, so does everything still pending (it must not overtake)."""
         delivered = 0
         retries = 0
         attempt = 0
@@ -240,6 +307,13 @@ class GroupConsumer:
                 elif isinstance(error, RetryableError) and not self._exhausted(item, now_ms):
                     item.error = error
                     still.append(item)
+                elif (
+                    left is not None
+                    and isinstance(error, RetryableError)
+                    and not self._too_old(item, now_ms)
+                ):
+                    item.error = error
+                    left.append(item)
                 else:
                     letters.append(
                         self._letter(
@@ -251,12 +325,20 @@ class GroupConsumer:
                         )
                     )
             pending = still
+            if left:
+                left.extend(pending)
+                left.sort(key=lambda item: item.index)
+                break
             if pending:
                 retries += len(pending)
                 # Full jitter: a random wait up to the exponential bound. A stop during the
                 # wait leaves these records unsettled (no checkpoint passes them); they are
                 # delivered again after a restart rather than dead-lettered too early.
-                if self.stop.wait(self.policy.delay(attempt)):
+                # A target that was told when to come back (Retry-After) is not called sooner.
+                told = max((p.error.retry_after or 0.0 for p in pending if p.error), default=0.0)
+                if self.stop.wait(
+                    max(self.policy.delay(attempt), min(told, self.policy.max_delay))
+                ):
                     raise Interrupted(f"{len(pending)} record(s) left unsettled by shutdown")
         return delivered, retries
 
@@ -271,10 +353,11 @@ class GroupConsumer:
             return dict.fromkeys(range(len(batch)), error)
 
     def _exhausted(self, item: _Pending, now_ms: int) -> bool:
+        return item.attempts >= self.policy.max_attempts or self._too_old(item, now_ms)
+
+    def _too_old(self, item: _Pending, now_ms: int) -> bool:
         age = now_ms / 1000 - item.delivery.record.arrival_ms / 1000
-        return item.attempts >= self.policy.max_attempts or (
-            not item.delivery.replay and age > self.policy.max_record_age_seconds
-        )
+        return not item.delivery.replay and age > self.policy.max_record_age_seconds
 
     def _letter(
         self, record: UserRecord, fields: object, error: P13nError, attempts: int, first_ms: int

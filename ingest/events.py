@@ -37,7 +37,9 @@ def build_record(
     headers: Mapping[str, str],
     now: datetime,
 ) -> Accepted:
-    tracked = any(r.experiments for by_name in namespace.recommenders.values() for r in by_name.values())
+    tracked = any(
+        r.experiments for by_name in namespace.recommenders.values() for r in by_name.values()
+    )
     if not namespace.event_targets and not tracked:  # experiments are tracked without a target
         raise NotFound(
             f"Namespace '{namespace.key}' has no event targets configured",

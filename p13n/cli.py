@@ -249,6 +249,10 @@ def parser() -> argparse.ArgumentParser:
 
     add_experiments_command(commands, with_config, lambda args: _holder(args).current)
 
+    from consumers.replay import add_replay_command
+
+    add_replay_command(commands, with_config, lambda args: _holder(args).current)
+
     stream = commands.add_parser("stream", help="look into the stream")
     stream_commands = stream.add_subparsers(dest="stream_command", required=True)
     tail = with_config(

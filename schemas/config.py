@@ -198,6 +198,8 @@ class Config:
     consumer: Mapping[str, Any]
     document: Mapping[str, Any] = field(repr=False, compare=False)
     source: str = "builtin"
+    # Where consumer groups checkpoint: {"type": "sqlite"} or {"type": "dynamodb", ...}.
+    checkpoints: Mapping[str, Any] = field(default_factory=lambda: _frozen({"type": "sqlite"}))
 
     def namespace(self, key: str) -> Namespace:
         found = self.namespaces.get(key)
@@ -390,6 +392,7 @@ def _build(doc: Mapping[str, Any], source: str) -> Config:
         consumer=_frozen(doc.get("consumer", {})),
         document=_frozen(doc),
         source=source,
+        checkpoints=_frozen(doc.get("checkpoints", {"type": "sqlite"})),
     )
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+from schemas.errors import RetryableError
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,3 +173,37 @@ class CheckpointStore(Protocol):
     def save(self, group: str, shard_id: str, position: Position) -> None: ...
 
     def close(self) -> None: ...
+
+
+class LeaseLost(RetryableError):
+    """Another process owns this shard's lease now: stop reading the shard, keep nothing of it."""
+
+    default_code = "LeaseLost"
+
+
+@runtime_checkable
+class LeaseStore(CheckpointStore, Protocol):
+    """A ``CheckpointStore`` shared by several processes, which lease shards to one at a time.
+
+    A process reads a shard of a group only while it holds that shard's lease: ``acquire``
+    before loading the checkpoint and opening a cursor, ``renew`` well within
+    ``lease_seconds`` (a lease not renewed for that long may be taken by another process),
+    ``release`` when it stops. ``save`` succeeds only for the lease's owner and raises
+    ``LeaseLost`` otherwise, so a process that lost a shard can never move its checkpoint.
+    Two owners may briefly deliver the same records around a takeover (at least once); the
+    checkpoint never moves backwards.
+    """
+
+    lease_seconds: float
+
+    def acquire(self, group: str, shard_id: str) -> bool:
+        """Take the lease if it is free, expired or already ours; False if another owns it."""
+        ...
+
+    def renew(self, group: str, shard_id: str) -> bool:
+        """Extend our lease; False when it is no longer ours."""
+        ...
+
+    def release(self, group: str, shard_id: str) -> None:
+        """Give the lease up (a no-op when it is not ours)."""
+        ...

@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from consumers.base import Deferred, Delivery, Failures
-from consumers.ratelimit import TokenBucket
+from consumers.ratelimit import WindowLimiter
 from consumers.targets import TargetContext
 from schemas.codec import INTERACTION
 from schemas.config import TargetConfig
@@ -68,7 +68,7 @@ class PersonalizeTarget:
         self._rate: float | None = config.options.get("maxCallsPerSecond")
         self._what = f"personalize PutEvents ({config.group})"
         self._client: Any = None
-        self._bucket: TokenBucket | None = None
+        self._bucket: WindowLimiter | None = None
         self._pool: ThreadPoolExecutor | None = None
 
     def open(self) -> None:
@@ -79,7 +79,10 @@ class PersonalizeTarget:
             max_attempts=1,
         )
         if self._rate is not None:
-            self._bucket = TokenBucket(self._rate)
+            # A quota per second: never more than the limit in any second. The window is 2%
+            # longer so that network jitter cannot squeeze one call too many into a second
+            # as the service measures it.
+            self._bucket = WindowLimiter(max(1, int(self._rate)), window=1.02)
         self._pool = ThreadPoolExecutor(LANE_WORKERS, thread_name_prefix=f"p13n-{self.name}")
 
     def deliver(self, batch: Sequence[Delivery]) -> Failures:

@@ -116,6 +116,13 @@ RICH: dict[str, Any] = {
         "maxRecordAgeSeconds": 86400,
         "pollIntervalMs": 250,
     },
+    "checkpoints": {
+        "type": "dynamodb",
+        "tableName": "p13n-checkpoints",
+        "region": "eu-west-1",
+        "endpointUrl": "http://localhost:8000",
+        "leaseSeconds": 30,
+    },
     "cacheControl": {"autoProvision": False, "noUserSpecified": {"maxAge": 600}},
     "autoContext": {
         "time_of_day": field("hour-of-day", valueMappings=[mapping("less-than", 12, "Morning")]),
