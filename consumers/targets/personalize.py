@@ -79,10 +79,10 @@ class PersonalizeTarget:
             max_attempts=1,
         )
         if self._rate is not None:
-            # A quota per second: never more than the limit in any second. The window is 2%
-            # longer so that network jitter cannot squeeze one call too many into a second
-            # as the service measures it.
-            self._bucket = WindowLimiter(max(1, int(self._rate)), window=1.02)
+            # A quota per second: never more than the limit in any second. The window is 5%
+            # longer so that network and scheduling jitter cannot squeeze one call too many
+            # into a second as the service measures it.
+            self._bucket = WindowLimiter(max(1, int(self._rate)), window=1.05)
         self._pool = ThreadPoolExecutor(LANE_WORKERS, thread_name_prefix=f"p13n-{self.name}")
 
     def deliver(self, batch: Sequence[Delivery]) -> Failures:

@@ -195,8 +195,13 @@ SHOP_CONFIG: dict[str, Any] = {
             "recommenders": {"recommend-items": {"for-you": copy.deepcopy(FOR_YOU)}},
             "eventTargets": [{"type": "interactions", "name": "interactions"}],
         },
-        # Recommenders only: reads would work, events have nowhere to go.
-        "catalog": {"recommenders": {"recommend-items": {"for-you": copy.deepcopy(FOR_YOU)}}},
+        # Recommenders without experiments only: reads would work, events have nowhere to go.
+        # (With experiments, conversions would go to experiment tracking.)
+        "catalog": {
+            "recommenders": {
+                "recommend-items": {"plain": {"variations": copy.deepcopy(FOR_YOU["variations"])}}
+            }
+        },
     },
 }
 CONVERSION = {"recommender": "for-you", "feature": "for-you-ranking", "metric": "recClicked"}
