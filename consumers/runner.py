@@ -24,8 +24,9 @@ from tenacity import RetryCallState, wait_random_exponential
 from consumers.base import Deferred, Delivery, Target
 from consumers.deadletters import DeadLetter, DeadLetterStore
 from consumers.leases import ShardLeases
-from schemas.codec import Codec
+from schemas.codec import INTERACTION, Codec
 from schemas.errors import P13nError, PermanentError, RecordError, RetryableError, Unavailable
+from schemas.records import with_partition_key
 from streams.base import (
     SHARD_END,
     CheckpointStore,
@@ -254,6 +255,8 @@ class GroupConsumer:
         for record in records:
             try:
                 kind, fields = self.codec.decode(record.data)
+                if kind == INTERACTION:
+                    with_partition_key(fields, record.partition_key)
             except RecordError as exc:
                 letters.append(self._letter(record, None, exc, 0, now_ms))
                 continue

@@ -14,6 +14,7 @@ from ingest.events import build_record
 from schemas.codec import INTERACTION, Codec
 from schemas.config import Config
 from schemas.errors import PayloadTooLarge, UnsupportedMediaType
+from schemas.records import without_partition_key
 from streams.base import Entry
 from streams.producer import Producer
 
@@ -45,7 +46,9 @@ class EventsEndpoint:
         raw = await read_body(request, headers.get("content-length"), config.max_body_bytes)
         body = decode_body(raw)
         accepted = build_record(body, namespace, config, headers, self._clock())
-        data = self._codec.encode(INTERACTION, accepted.record)
+        data = self._codec.encode(
+            INTERACTION, without_partition_key(dict(accepted.record), accepted.partition_key)
+        )
         await self._producer.put(Entry(accepted.partition_key, data))
         answer = {"accepted": accepted.events, "recordId": accepted.record["recordId"].hex()}
         return Response(msgspec.json.encode(answer), status_code=202, media_type="application/json")

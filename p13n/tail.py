@@ -11,7 +11,7 @@ import msgspec
 
 from schemas.codec import INTERACTION, Codec
 from schemas.errors import RecordError
-from schemas.records import event_id
+from schemas.records import event_id, with_partition_key
 from streams.base import ShardCursor, StreamReader, UserRecord
 
 POLL_SECONDS = 0.2
@@ -34,6 +34,7 @@ def describe(record: UserRecord, codec: Codec) -> dict[str, Any]:
         )
         return line
     if name == INTERACTION:
+        with_partition_key(fields, record.partition_key)
         for index, event in enumerate(fields["eventList"]):
             event["eventId"] = event_id(fields, index)
     fields["recordId"] = fields["recordId"].hex()

@@ -67,3 +67,24 @@ def event_id(record: Mapping[str, Any], index: int) -> str:
     so redelivery and replay send Personalize the same id."""
     given = record["eventList"][index].get("eventId")
     return given if given else f"{record['recordId'].hex()}-{index}"
+
+
+def without_partition_key(record: dict[str, Any], partition_key: str) -> dict[str, Any]:
+    """The interactions record as written: the field that is the partition key is left empty
+    (``""`` for ``sessionId``, null for ``userId``), since every stream record carries its
+    partition key beside its data (Kinesis record, KPL table, log row, archive envelope) and
+    a typical record would otherwise hold it twice. ``with_partition_key`` undoes it."""
+    field = record["partitionKeyField"]
+    if record.get(field) == partition_key:
+        record[field] = "" if field == "sessionId" else None
+    return record
+
+
+def with_partition_key(fields: dict[str, Any], partition_key: str) -> dict[str, Any]:
+    """A decoded interactions record made whole again from its stream record's partition key."""
+    field = fields.get("partitionKeyField")
+    if field == "sessionId" and fields.get("sessionId") == "":
+        fields["sessionId"] = partition_key
+    elif field == "userId" and fields.get("userId") is None:
+        fields["userId"] = partition_key
+    return fields

@@ -29,7 +29,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 from p13n.app import create_app
 from schemas.codec import INTERACTION, Codec
 from schemas.config import default_document, validate_document
-from schemas.records import event_id
+from schemas.records import event_id, with_partition_key
 from schemas.sources import BuiltinSource, ConfigHolder
 from streams.embedded import EmbeddedReader
 from tests.fixtures.service import Service, start_service
@@ -691,7 +691,9 @@ class InProcess:
             for record in cursor.read(1000).records:
                 name, fields = self.codec.decode(record.data)
                 assert name == INTERACTION
-                found.append(fields)
+                # Stored without its partition key (the stream record carries it).
+                assert fields["sessionId"] == ""
+                found.append(with_partition_key(fields, record.partition_key))
         return found
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from schemas.codec import Codec
+from schemas.records import with_partition_key
 from streams.aggregation import unpack
 from streams.hashing import hash_key
 from streams.kinesis import KinesisReader
@@ -106,7 +107,7 @@ def test_ten_thousand_events_land_exactly_once_aggregated_per_shard_and_in_order
             for partition_key, _explicit, data in users:
                 # Aggregates never mix shards: every user record belongs where it was read.
                 assert low <= hash_key(partition_key) <= high
-                _, fields = codec.decode(data)
+                fields = with_partition_key(codec.decode(data)[1], partition_key)
                 per_session[fields["sessionId"]].extend(e["eventId"] for e in fields["eventList"])
     assert sum(len(ids) for ids in per_session.values()) == 10_000
     for client_number in range(50):
