@@ -129,8 +129,8 @@ def p13n_scenario(
             str(port),
             "--data-dir",
             data,
-            "--log-level",
-            "warning",
+            # The write path alone: bench/consume measures the consumers. Access logs stay on.
+            "--no-consumers",
         ]
         if config is not None:
             path = Path(data) / "config.json"

@@ -36,7 +36,6 @@ def event_body(session: str, user: str, index: int) -> bytes:
                 {
                     "eventType": "View",
                     "itemId": f"item-{(index * 7919) % 5000}",
-                    "eventId": f"{session}-{index}",
                 }
             ],
         },
