@@ -66,18 +66,22 @@ class _MappingReads:
     reads the shards and keeps the positions, so neither is ever called."""
 
     def list_shards(self) -> list[Shard]:
-        raise NotImplementedError("the event source mapping reads the stream")
+        raise RuntimeError("the event source mapping reads the stream; the handler never polls")
 
     def open(
         self, shard_id: str, after: Position | None = None, *, at_end: bool = False
     ) -> ShardCursor:
-        raise NotImplementedError("the event source mapping reads the stream")
+        raise RuntimeError("the event source mapping reads the stream; the handler never polls")
 
     def load(self, group: str, shard_id: str) -> Position | None:
-        raise NotImplementedError("the event source mapping keeps the positions")
+        raise RuntimeError(
+            "the event source mapping keeps the positions; the handler never checkpoints"
+        )
 
     def save(self, group: str, shard_id: str, position: Position) -> None:
-        raise NotImplementedError("the event source mapping keeps the positions")
+        raise RuntimeError(
+            "the event source mapping keeps the positions; the handler never checkpoints"
+        )
 
     def close(self) -> None:
         pass

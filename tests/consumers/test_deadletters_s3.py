@@ -19,6 +19,7 @@ from streams.base import Entry
 from streams.checkpoints import SqliteCheckpointStore
 from streams.embedded import EmbeddedReader, EmbeddedWriter
 from tests.consumers.test_runner import CODEC, FakeTarget, interaction
+from tests.fixtures.servers import wait_until
 
 DAY_MS = 86_400_000
 JAN_2 = 1_704_153_600_000  # 2024-01-02T00:00:00Z
@@ -66,7 +67,9 @@ def test_each_put_is_one_object_and_list_reads_them_back_in_order(s3, bucket):
     second = [letter("shop/fake", n) for n in range(3, 5)]
     other = [letter("news/archive", 9)]
     store.put(first)
-    time.sleep(0.002)  # object names start with the epoch ms
+    # Object names start with the epoch ms: the next put must land in a later millisecond.
+    started = time.time()
+    wait_until(lambda: int(time.time() * 1000) > int(started * 1000), 1, "the next millisecond")
     store.put(second)
     store.put(other)
 

@@ -36,10 +36,27 @@ def table(dynamodb: Any) -> str:
     return name
 
 
+class Clock:
+    """A shared wall clock the test moves by hand: leases expire without waiting."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def store(
-    dynamodb: Any, table: str, owner: str, lease_seconds: float = 30.0
+    dynamodb: Any,
+    table: str,
+    owner: str,
+    lease_seconds: float = 30.0,
+    clock: Clock | None = None,
 ) -> DynamoCheckpointStore:
-    return DynamoCheckpointStore(dynamodb, table, owner, lease_seconds)
+    return DynamoCheckpointStore(dynamodb, table, owner, lease_seconds, clock=clock or time.time)
 
 
 def test_it_is_a_lease_store_and_the_table_has_the_documented_keys(dynamodb, table):
@@ -111,19 +128,20 @@ def race_for_shards(endpoint: str, table: str) -> None:
 
 
 def test_an_expired_lease_is_taken_over_and_the_old_owner_can_no_longer_save(dynamodb, table):
-    a = store(dynamodb, table, "a", lease_seconds=0.5)
-    b = store(dynamodb, table, "b", lease_seconds=30)
+    clock = Clock()
+    a = store(dynamodb, table, "a", lease_seconds=0.5, clock=clock)
+    b = store(dynamodb, table, "b", lease_seconds=30, clock=clock)
     shard = "shardId-000000000000"
     assert a.acquire(GROUP, shard)
     a.save(GROUP, shard, Position("100"))
     assert not b.acquire(GROUP, shard)  # a's lease is live
 
-    time.sleep(0.6)  # a stopped renewing
+    clock.advance(0.6)  # a stopped renewing
     assert b.acquire(GROUP, shard)
     assert b.load(GROUP, shard) == Position("100")  # b goes on from a's checkpoint
     owner, expires, counter = b.lease(GROUP, shard)
     assert owner == "b"
-    assert expires > time.time() * 1000 + 25_000
+    assert expires > clock.now * 1000 + 25_000
     assert counter == 2  # a's acquisition and b's
 
     with pytest.raises(LeaseLost) as lost:
@@ -136,12 +154,13 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_can_no_longer_save(dyn
 
 
 def test_renewal_keeps_a_lease_past_its_first_expiry(dynamodb, table):
-    a = store(dynamodb, table, "a", lease_seconds=0.6)
-    b = store(dynamodb, table, "b")
+    clock = Clock()
+    a = store(dynamodb, table, "a", lease_seconds=0.6, clock=clock)
+    b = store(dynamodb, table, "b", clock=clock)
     shard = "shardId-000000000003"
     assert a.acquire(GROUP, shard)
     for _ in range(3):
-        time.sleep(0.3)
+        clock.advance(0.3)
         assert a.renew(GROUP, shard)
     assert not b.acquire(GROUP, shard)  # 0.9 s after acquiring, still a's
     assert a.lease(GROUP, shard)[2] == 4
