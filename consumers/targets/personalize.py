@@ -79,10 +79,18 @@ class PersonalizeTarget:
             max_attempts=1,
         )
         if self._rate is not None:
-            # A quota per second: never more than the limit in any second. The window is 5%
-            # longer so that network and scheduling jitter cannot squeeze one call too many
-            # into a second as the service measures it.
-            self._bucket = WindowLimiter(max(1, int(self._rate)), window=1.05)
+            # A quota per second: never more than the limit in any second. The slot is taken
+            # in botocore's before-send hook, after serialising and signing, right before the
+            # bytes go out, so that a thread descheduled while building its request cannot
+            # bunch calls up at the service; the window is 5% longer to absorb what jitter
+            # remains between here and the service's clock.
+            bucket = WindowLimiter(max(1, int(self._rate)), window=1.05)
+            self._bucket = bucket
+
+            def pace(**_: Any) -> None:  # returning None lets botocore send the request
+                bucket.acquire()
+
+            self._client.meta.events.register("before-send.personalize-events.PutEvents", pace)
         self._pool = ThreadPoolExecutor(LANE_WORKERS, thread_name_prefix=f"p13n-{self.name}")
 
     def deliver(self, batch: Sequence[Delivery]) -> Failures:
@@ -151,8 +159,6 @@ class PersonalizeTarget:
         }
         if call.user_id is not None:
             params["userId"] = call.user_id
-        if self._bucket is not None:
-            self._bucket.acquire()  # pacing to the configured rate, not a retry
         try:
             self._client.put_events(**params)
         except (ClientError, BotoCoreError) as exc:
