@@ -220,7 +220,12 @@ def test_a_consumer_that_loses_its_lease_mid_batch_cannot_checkpoint_and_drops_t
     def stall() -> None:
         # a hangs in delivery past its lease; b takes the shard over meanwhile
         seen_a.during_delivery = None
-        time.sleep(LEASE + 0.2)
+        checker = store("checker", dynamodb, table)
+        wait_until(
+            lambda: checker.lease(GROUP, shard)[1] < time.time() * 1000,
+            LEASE + 5,
+            "a's lease to lapse",
+        )
         wait_until(lambda: (b.poll_once() or True) and len(seen_b.seen) == 10, 20, "b")
 
     seen_a.during_delivery = stall
