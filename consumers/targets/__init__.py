@@ -10,6 +10,7 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from consumers.base import Target
 from schemas.codec import Codec
@@ -39,6 +40,16 @@ REGISTRY: Mapping[str, str] = MappingProxyType(
         "experiments": "consumers.targets.experiments:ExperimentsTarget",
     }
 )
+
+
+def aws_client(service: str, config: TargetConfig, **options: Any) -> Any:
+    """A boto3 client for a target, built in its ``open``. One attempt per call: the runner owns
+    retries, and botocore retrying underneath would multiply the two layers."""
+    from streams.aws import client
+
+    return client(
+        service, region=config.region, endpoint_url=config.endpoint_url, max_attempts=1, **options
+    )
 
 
 def build_target(config: TargetConfig, context: TargetContext) -> Target:

@@ -18,13 +18,13 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from consumers.base import Delivery, Failures
-from consumers.targets import TargetContext
+from consumers.targets import TargetContext, aws_client
 from consumers.targets.jsonshape import encode, sample_json
 from consumers.targets.outcomes import Outcomes
 from schemas.codec import INTERACTION
 from schemas.config import TargetConfig
 from schemas.errors import PayloadTooLarge, Unavailable
-from streams.aws import client, from_code, translate
+from streams.aws import from_code, translate
 
 MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 4 * 1024 * 1024
@@ -42,12 +42,7 @@ class FirehoseTarget:
         self._client: Any = None
 
     def open(self) -> None:
-        self._client = client(
-            "firehose",
-            region=self._config.region,
-            endpoint_url=self._config.endpoint_url,
-            max_attempts=1,
-        )
+        self._client = aws_client("firehose", self._config)
 
     def deliver(self, batch: Sequence[Delivery]) -> Failures:
         if self._client is None:

@@ -19,13 +19,13 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from consumers.base import Delivery, Failures
-from consumers.targets import TargetContext
+from consumers.targets import TargetContext, aws_client
 from consumers.targets.jsonshape import encode, sample_json
 from consumers.targets.outcomes import Outcomes
 from schemas.codec import INTERACTION
 from schemas.config import TargetConfig
 from schemas.errors import P13nError, PayloadTooLarge, Unavailable, UpstreamError
-from streams.aws import client, translate
+from streams.aws import translate
 
 MAX_PAYLOAD_BYTES = 6_000_000  # under Lambda's 6 MB, with room for the envelope
 _ENVELOPE = len(b'{"records":[]}')
@@ -48,13 +48,7 @@ class LambdaTarget:
         self._client: Any = None
 
     def open(self) -> None:
-        self._client = client(
-            "lambda",
-            region=self._config.region,
-            endpoint_url=self._config.endpoint_url,
-            max_attempts=1,
-            read_timeout=READ_TIMEOUT,
-        )
+        self._client = aws_client("lambda", self._config, read_timeout=READ_TIMEOUT)
 
     def deliver(self, batch: Sequence[Delivery]) -> Failures:
         if self._client is None:

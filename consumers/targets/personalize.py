@@ -25,12 +25,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from consumers.base import Deferred, Delivery, Failures
 from consumers.ratelimit import WindowLimiter
-from consumers.targets import TargetContext
+from consumers.targets import TargetContext, aws_client
 from schemas.codec import INTERACTION
 from schemas.config import TargetConfig
 from schemas.errors import Forbidden, NotFound, P13nError, RetryableError, Unavailable
 from schemas.records import event_id
-from streams.aws import client, translate
+from streams.aws import translate
 
 MAX_EVENTS_PER_CALL = 10  # PutEvents' eventList limit
 LANE_WORKERS = 8
@@ -72,12 +72,7 @@ class PersonalizeTarget:
         self._pool: ThreadPoolExecutor | None = None
 
     def open(self) -> None:
-        self._client = client(
-            "personalize-events",
-            region=self._config.region,
-            endpoint_url=self._config.endpoint_url,
-            max_attempts=1,
-        )
+        self._client = aws_client("personalize-events", self._config)
         if self._rate is not None:
             # A quota per second: never more than the limit in any second. The slot is taken
             # in botocore's before-send hook, after serialising and signing, right before the
