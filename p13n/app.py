@@ -27,6 +27,8 @@ from p13n.errors import HANDLERS
 from p13n.logs import AccessLog
 from p13n.metrics import Metrics
 from p13n.middleware import ApiKeys, ObserveRequests
+from p13n.recommendations import routes as recommendation_routes
+from query.service import QueryService
 from schemas.codec import Codec
 from schemas.config import Config
 from schemas.errors import P13nError
@@ -92,9 +94,9 @@ def create_app(
     metrics.watch_queue(lambda: producer.depth)
     readiness = Readiness(lambda: build_reader(holder.current))
     holder.subscribe(lambda old, new: _on_reload(metrics, old, new))
-    events = EventsEndpoint(
-        holder, producer, Codec.packaged(), **({"clock": clock} if clock else {})
-    )
+    codec = Codec.packaged()
+    events = EventsEndpoint(holder, producer, codec, **({"clock": clock} if clock else {}))
+    query = QueryService(holder, exposures=producer, codec=codec, observer=metrics)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.exposition(), media_type=metrics.content_type)
@@ -112,12 +114,14 @@ def create_app(
             access_log.flush()
             # Requests in flight have been answered by now; write whatever is still queued.
             holder.stop()
+            await query.close()
             await anyio.to_thread.run_sync(producer.close)
             readiness.close()
             log.info("p13n stopped: producer drained")
 
     routes = [
         Route("/events/{namespace}", events.post, methods=["POST"]),
+        *recommendation_routes(query, holder),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readiness.endpoint, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

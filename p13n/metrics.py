@@ -102,6 +102,36 @@ class Metrics:
             ["group", "shard"],
             registry=r,
         )
+        self.query_cache = Counter(
+            "p13n_query_cache",
+            "Recommendation responses by cache outcome (hit, miss, coalesced, stale, not-modified)",
+            ["outcome"],
+            registry=r,
+        )
+        self.query_backend = Histogram(
+            "p13n_query_backend_seconds",
+            "Recommender backend calls by variation type and outcome (ok or error code)",
+            ["type", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.query_fallbacks = Counter(
+            "p13n_query_fallbacks",
+            "Requests served by a fallback variation, by reason (failed, open)",
+            ["reason"],
+            registry=r,
+        )
+        self.query_decoration_failures = Counter(
+            "p13n_query_decoration_failures",
+            "Responses served undecorated because the item metadata store failed",
+            registry=r,
+        )
+        self.query_exposures = Counter(
+            "p13n_query_exposures",
+            "Experiment exposure records offered to the stream, by outcome (written, dropped)",
+            ["outcome"],
+            registry=r,
+        )
 
         # Label children by key: labels() costs more than the increment it leads to.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -148,6 +178,22 @@ class Metrics:
 
     def lag(self, group: str, shard_id: str, millis_behind: int) -> None:
         self.consumer_lag.labels(group, shard_id).set(millis_behind)
+
+    # query.service.Observer
+    def cache(self, outcome: str) -> None:
+        self.query_cache.labels(outcome).inc()
+
+    def backend(self, variation_type: str, outcome: str, seconds: float) -> None:
+        self.query_backend.labels(variation_type, outcome).observe(seconds)
+
+    def fallback(self, reason: str) -> None:
+        self.query_fallbacks.labels(reason).inc()
+
+    def decoration_failed(self) -> None:
+        self.query_decoration_failures.inc()
+
+    def exposure(self, outcome: str) -> None:
+        self.query_exposures.labels(outcome).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

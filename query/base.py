@@ -50,12 +50,12 @@ class Query:
     item_ids: tuple[str, ...] = ()
     num_results: int = DEFAULT_RESULTS
     filter: str | None = None
-    filter_values: Mapping[str, str] = EMPTY
-    context: Mapping[str, str] = EMPTY
+    filter_values: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    context: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     synthetic_user: bool = False
     feature: str | None = None
     decorate: bool = True
-    headers: Mapping[str, str] = EMPTY
+    headers: Mapping[str, str] = field(default_factory=lambda: EMPTY)
 
     @property
     def shape(self) -> str:

@@ -1,0 +1,161 @@
+"""HTTP caching of recommendations: the sample project's ``cacheControl`` headers and ETags, and
+an in-process response cache with request coalescing and stale-if-error.
+
+Headers. The rule is ``userSpecified`` when the request names a user, ``syntheticUserSpecified``
+when it names one with ``syntheticUser``, ``noUserSpecified`` otherwise (related-items without
+``userId``). With a ``maxAge`` the response carries ``Cache-Control: <directives>,max-age=<n>``
+(``max-age=<n>`` alone without directives) and an ``ETag`` that embeds its own expiry as epoch
+seconds: ``"<digest>-<expires>"``. A request whose ``If-None-Match`` holds such a tag that has
+not expired yet gets ``304 Not Modified`` without asking the recommender, as the sample does.
+Without a ``maxAge`` there are no caching headers, and ``POST /rerank-items`` is ``no-store``.
+
+In-process cache. Keyed by the caller's path, the normalised known query parameters and the
+chosen variation; an entry is fresh for ``maxAge`` seconds and kept ``stale_seconds`` more,
+for stale-if-error only. Concurrent misses of one key share a single computation (and its
+error). At most ``max_entries`` entries; the least recently used goes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+
+from query.base import Query
+from schemas.config import CacheControl, CacheRule
+
+NO_STORE = "no-store"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The caching headers of one response."""
+
+    max_age: int | None = None
+    directives: str | None = None
+    no_store: bool = False
+
+    @classmethod
+    def for_query(cls, cache_control: CacheControl, query: Query, *, no_store: bool) -> Policy:
+        if no_store:
+            return cls(no_store=True)
+        rule: CacheRule | None
+        if query.user_id is None:
+            rule = cache_control.no_user_specified
+        elif query.synthetic_user:
+            rule = cache_control.synthetic_user_specified
+        else:
+            rule = cache_control.user_specified
+        if rule is None or rule.max_age is None:
+            return cls()
+        return cls(rule.max_age, rule.directives)
+
+    @property
+    def cacheable(self) -> bool:
+        return not self.no_store and self.max_age is not None
+
+    def header(self) -> str | None:
+        if self.no_store:
+            return NO_STORE
+        if self.max_age is None:
+            return None
+        if self.directives:
+            return f"{self.directives},max-age={self.max_age}"
+        return f"max-age={self.max_age}"
+
+
+def make_etag(body: bytes, expires: int) -> str:
+    return f'"{hashlib.sha256(body).hexdigest()[:20]}-{expires}"'
+
+
+def still_fresh(if_none_match: str | None, now: float) -> bool:
+    """Whether any ETag the client holds is one of ours that has not expired."""
+    if not if_none_match:
+        return False
+    for tag in if_none_match.split(","):
+        tag = tag.strip().removeprefix("W/").strip('"')
+        _, _, expires = tag.rpartition("-")
+        if expires.isdigit() and int(expires) > now:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A rendered 200 response and what it was made of."""
+
+    body: bytes
+    etag: str | None
+    variation: str
+    fallback: bool
+    created: float  # monotonic
+    fresh_until: float  # monotonic
+    recommendation_id: str | None = None
+
+
+class ResponseCache:
+    def __init__(
+        self,
+        max_entries: int = 10_000,
+        stale_seconds: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries = max_entries
+        self.stale_seconds = stale_seconds
+        self._clock = clock
+        self._entries: OrderedDict[Hashable, Entry] = OrderedDict()
+        self._inflight: dict[Hashable, asyncio.Future[Entry]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def fresh(self, key: Hashable) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        now = self._clock()
+        if now >= entry.fresh_until:
+            if now >= entry.fresh_until + self.stale_seconds:
+                del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def stale(self, key: Hashable) -> Entry | None:
+        """An expired entry still within its stale window (for stale-if-error)."""
+        entry = self._entries.get(key)
+        if entry is None or self._clock() >= entry.fresh_until + self.stale_seconds:
+            return None
+        return entry
+
+    def store(self, key: Hashable, entry: Entry) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    async def coalesce(
+        self, key: Hashable, compute: Callable[[], Awaitable[Entry]]
+    ) -> tuple[Entry, bool]:
+        """``compute()`` once for all concurrent callers of ``key``; True for those who waited
+        on another caller's computation. The computation runs as its own task, so a caller
+        that goes away (a client disconnecting) does not cancel it for the others."""
+        task = self._inflight.get(key)
+        waited = task is not None
+        if task is None:
+            task = asyncio.ensure_future(compute())
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._finished(key, done))
+        return await asyncio.shield(task), waited
+
+    def _finished(self, key: Hashable, task: asyncio.Future[Entry]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter that is still there has it raised

@@ -1,0 +1,53 @@
+"""Which variation serves a request, and the experiment that chose it.
+
+Rules (the sample project's, with local assignment): no experiments, no user, or a single
+variation → the first variation, no experiment. Otherwise the experiment named by ``feature``
+(400 if the recommender has no such feature), or the first one, assigns the user through
+``schemas.experiments.assign`` — the same function experiment tracking uses for conversions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.config import Experiment, Recommender, Variation
+from schemas.errors import InvalidRequest, NotFound
+from schemas.experiments import assign
+
+
+@dataclass(frozen=True)
+class Choice:
+    variation: Variation
+    experiment: Experiment | None = None
+
+    def matched(self) -> dict[str, str] | None:
+        """The response's ``matchedExperiment``, when an experiment made the choice."""
+        if self.experiment is None:
+            return None
+        return {
+            "feature": self.experiment.feature,
+            "method": self.experiment.method,
+            "variation": self.variation.name,
+        }
+
+
+def choose(recommender: Recommender, user_id: str | None, feature: str | None) -> Choice:
+    variations = list(recommender.variations.values())
+    if not variations:
+        raise NotFound(
+            f"Recommender '{recommender.name}' has no variations",
+            code="RecommenderNotConfigured",
+        )
+    experiment: Experiment | None = None
+    if feature is not None:
+        experiment = recommender.experiments.get(feature)
+        if experiment is None:
+            raise InvalidRequest(
+                f"feature '{feature}' is not an experiment of recommender '{recommender.name}'"
+            )
+    elif recommender.experiments:
+        experiment = next(iter(recommender.experiments.values()))
+    if experiment is None or user_id is None or len(variations) == 1:
+        return Choice(variations[0])
+    name = assign(experiment.feature, user_id, experiment.weights)
+    return Choice(recommender.variations[name], experiment)
