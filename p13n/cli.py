@@ -195,6 +195,25 @@ def cmd_dead_letters_redrive(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_items_load(args: argparse.Namespace) -> int:
+    from query.metadata.catalog import load_file
+
+    return load_file(args, _holder(args).current)
+
+
+def cmd_demo_seed(args: argparse.Namespace) -> int:
+    from p13n.demo import seed
+
+    return seed(args, _holder(args).current)
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    from p13n.openapi import build_spec
+
+    print(json.dumps(build_spec(_holder(args).current), indent=2))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="p13n", description="Real-time personalization layer.")
     commands = root.add_subparsers(dest="command", required=True)
@@ -252,6 +271,42 @@ def parser() -> argparse.ArgumentParser:
     from consumers.replay import add_replay_command
 
     add_replay_command(commands, with_config, lambda args: _holder(args).current)
+
+    items = commands.add_parser("items", help="manage item metadata for decoration")
+    item_commands = items.add_subparsers(dest="items_command", required=True)
+    load_items = with_config(
+        item_commands.add_parser(
+            "load",
+            help="load item metadata from JSON lines or CSV",
+            description="Load item metadata into the namespace's store: the data dir's items.db "
+            "(localdb), or its DynamoDB table when the namespace uses dynamodb only. Any bad row: "
+            "nothing is loaded, exit 2.",
+        )
+    )
+    load_items.add_argument("file", help="JSON lines (one object per line), or CSV (*.csv)")
+    load_items.add_argument("--namespace", required=True, help="the items' namespace")
+    load_items.add_argument(
+        "--id-column", help="the id field or column (default: itemId or id; CSV also ITEM_ID)"
+    )
+    load_items.set_defaults(func=cmd_items_load)
+
+    demo = commands.add_parser("demo", help="try the service with synthetic data")
+    demo_commands = demo.add_subparsers(dest="demo_command", required=True)
+    demo_seed = with_config(
+        demo_commands.add_parser(
+            "seed",
+            help="load a synthetic catalog and post a clickstream to a running service",
+        )
+    )
+    from p13n.demo import add_arguments as add_demo_arguments
+
+    add_demo_arguments(demo_seed)
+    demo_seed.set_defaults(func=cmd_demo_seed)
+
+    openapi = with_config(
+        commands.add_parser("openapi", help="print the OpenAPI spec the service serves")
+    )
+    openapi.set_defaults(func=cmd_openapi)
 
     stream = commands.add_parser("stream", help="look into the stream")
     stream_commands = stream.add_subparsers(dest="stream_command", required=True)
