@@ -1,0 +1,175 @@
+"""What the remote resolvers share: the request they send, the answer they accept, and how a
+backend's failure becomes a query-path error.
+
+The payload (the JSON body of a Lambda or SageMaker call; ``payload``)::
+
+    {"action": "recommend-items" | "related-items" | "rerank-items",
+     "namespace": str, "recommender": str, "variation": str,
+     "userId": str | null, "itemId": str | null, "itemIds": [str, ...],
+     "numResults": int, "filter": str | null,
+     "filterValues": {str: str}, "context": {str: str}}
+
+Every key is always present. ``numResults`` is at most 500; ``itemIds`` is the list to rerank
+(empty for the other actions); ``filterValues`` are the caller's, in Personalize's format.
+
+The answer (``recommendations``): a JSON object whose action key (``itemList`` for
+recommend-items and related-items, ``personalizedRanking`` for rerank-items) holds a list of
+objects, each with a non-empty string ``itemId``; an optional string ``recommendationId``. Other
+top-level keys are passed through to the client. Items beyond ``numResults`` are dropped.
+Anything else is ``UpstreamError`` (502, code ``BadResponse``).
+
+Failures (``boto_error``): throttling stays ``Throttled`` (429, ``Retry-After`` kept), a
+timeout is ``UpstreamTimeout`` (504) and everything else, a backend's own ``ValidationError``
+included, is ``UpstreamError`` (502) with the backend's error code kept: the caller's request was
+valid, the backend failed to answer it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
+
+from query.base import MAX_RESULTS, Query, Recommendations
+from schemas.errors import P13nError, Throttled, UpstreamError, UpstreamTimeout
+from streams.aws import client, translate
+
+# One retry at most: the service bounds the whole call by the variation's timeout anyway, and
+# adaptive mode slows this client down by itself once the backend throttles it.
+MAX_ATTEMPTS = 2
+CONNECT_TIMEOUT_S = 2.0
+BAD_RESPONSE = "BadResponse"
+
+
+def payload(query: Query, variation: str) -> dict[str, Any]:
+    """The documented request body for ``query`` (see the module docstring)."""
+    return {
+        "action": query.action,
+        "namespace": query.namespace,
+        "recommender": query.recommender,
+        "variation": variation,
+        "userId": query.user_id,
+        "itemId": query.item_id,
+        "itemIds": list(query.item_ids),
+        "numResults": min(query.num_results, MAX_RESULTS),
+        "filter": query.filter,
+        "filterValues": dict(query.filter_values),
+        "context": dict(query.context),
+    }
+
+
+def recommendations(document: Any, query: Query, what: str) -> Recommendations:
+    """The answer in ``document`` (parsed JSON), or ``UpstreamError`` if it has the wrong shape."""
+    if not isinstance(document, dict):
+        raise bad_response(what, f"expected a JSON object, got {type(document).__name__}")
+    items = document.get(query.shape)
+    if not isinstance(items, list):
+        raise bad_response(what, f"no '{query.shape}' list in the answer")
+    for position, item in enumerate(items):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("itemId"), str)
+            or not item["itemId"]
+        ):
+            raise bad_response(what, f"{query.shape}[{position}] has no string itemId")
+    recommendation_id = document.get("recommendationId")
+    if recommendation_id is not None and not isinstance(recommendation_id, str):
+        raise bad_response(what, "recommendationId is not a string")
+    extra = {k: v for k, v in document.items() if k not in (query.shape, "recommendationId")}
+    return Recommendations(
+        items=tuple(items[: max(query.num_results, 0)]),
+        recommendation_id=recommendation_id,
+        extra=MappingProxyType(extra),
+    )
+
+
+def parse(raw: bytes, query: Query, what: str) -> Recommendations:
+    """``recommendations`` for a JSON body given as bytes."""
+    try:
+        document = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise bad_response(what, "the answer is not JSON") from exc
+    return recommendations(document, query, what)
+
+
+def bad_response(what: str, reason: str) -> UpstreamError:
+    return UpstreamError(f"{what}: {reason}", code=BAD_RESPONSE)
+
+
+def as_upstream(error: P13nError) -> P13nError:
+    """A backend failure as the query path reports it: 429, 504, or else 502 with the code kept."""
+    if isinstance(error, Throttled | UpstreamTimeout | UpstreamError):
+        return error
+    return UpstreamError(error.message, code=error.code, retry_after=error.retry_after)
+
+
+def boto_error(exc: Exception, what: str) -> P13nError:
+    """The query-path error for what boto raised while doing ``what``."""
+    if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
+        return UpstreamTimeout(f"{what}: {exc}", code="Timeout")
+    error = translate(exc, what)
+    if isinstance(exc, ClientError) and error.retry_after is None:
+        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        error.retry_after = retry_after(headers.get("retry-after"))
+    return as_upstream(error)
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` delta-seconds value (HTTP dates are not worth honouring
+    on a synchronous read path: the client retries on its own schedule)."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())
+
+
+class LazyClient:
+    """A boto3 client built on first use, in the worker thread that needs it (building one
+    takes a few hundred milliseconds and may read files, so never at import or config load).
+    Thread-safe: concurrent first calls build one client."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._build()
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+def aws_client(
+    service: str, *, region: str | None, endpoint_url: str | None, timeout_ms: int
+) -> LazyClient:
+    """A lazily built client for a query-path call: read timeout = the variation's timeout,
+    adaptive retries (client-side rate limiting once throttled), at most one retry."""
+    timeout_s = timeout_ms / 1000.0
+
+    def build() -> Any:
+        return client(
+            service,
+            region=region,
+            endpoint_url=endpoint_url,
+            max_attempts=MAX_ATTEMPTS,
+            connect_timeout=min(CONNECT_TIMEOUT_S, timeout_s),
+            read_timeout=timeout_s,
+            retry_mode="adaptive",
+        )
+
+    return LazyClient(build)
+
+
+def text_mapping(value: Mapping[str, Any]) -> dict[str, str]:
+    """A plain ``dict`` copy of a string mapping (frozen config values are mapping proxies)."""
+    return {str(k): str(v) for k, v in value.items()}
