@@ -1,0 +1,223 @@
+"""``dynamodb``: item metadata in a DynamoDB table, one item per ``itemId``.
+
+Table layout: partition key ``itemId`` (string), no sort key; every other attribute of an item is
+its metadata, returned as plain JSON values (numbers as ``int`` or ``float``, sets as sorted
+lists, binary as base64 text). The table is ``tableName`` when set, else
+``p13n-items-{namespace}`` (``DEFAULT_TABLE``), so one table serves one namespace.
+
+A lookup asks BatchGetItem for at most ``BATCH`` (100) keys per call, all chunks in parallel in
+worker threads. Keys DynamoDB answers as ``UnprocessedKeys`` (throttling, the 16 MB response
+limit) are asked again with exponential backoff and full jitter, up to ``MAX_ROUNDS`` calls per
+chunk; keys still unprocessed then raise ``Throttled`` — a partial answer would silently leave
+items undecorated. Other failures are translated by ``streams.aws.translate`` (a missing table
+is ``NotFound``). The client is built on first use with ``region``/``endpointUrl`` from the
+settings (else the standard AWS resolution) and botocore's adaptive retry mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from schemas.errors import Throttled
+
+if TYPE_CHECKING:
+    from query.metadata import MetadataContext
+
+KEY = "itemId"
+DEFAULT_TABLE = "p13n-items-{namespace}"
+BATCH = 100  # BatchGetItem takes at most 100 keys
+MAX_ROUNDS = 6
+BACKOFF_BASE = 0.05
+BACKOFF_CAP = 1.0
+
+
+def table_for(settings: Mapping[str, Any], namespace: str) -> str:
+    """The table holding ``namespace``'s items under these settings."""
+    return str(settings.get("tableName") or DEFAULT_TABLE.format(namespace=namespace))
+
+
+def plain(value: Any) -> Any:
+    """A deserialised DynamoDB value made JSON-serialisable."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, Mapping):
+        return {key: plain(inner) for key, inner in value.items()}
+    if isinstance(value, set | frozenset):
+        return sorted(plain(inner) for inner in value)
+    if isinstance(value, list | tuple):
+        return [plain(inner) for inner in value]
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii")
+    if hasattr(value, "value") and isinstance(value.value, bytes):  # boto3's Binary
+        return base64.b64encode(value.value).decode("ascii")
+    return value
+
+
+class DynamoDbMetadata:
+    """The ``dynamodb`` item metadata store (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Mapping[str, Any],
+        context: MetadataContext,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._settings = settings
+        self._sleep = sleep
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    async def lookup(self, namespace: str, item_ids: Sequence[str]) -> Mapping[str, Any]:
+        wanted = list(dict.fromkeys(item_ids))  # BatchGetItem rejects duplicate keys
+        if not wanted:
+            return {}
+        table = table_for(self._settings, namespace)
+        chunks = [wanted[start : start + BATCH] for start in range(0, len(wanted), BATCH)]
+        answers = await asyncio.gather(
+            *(asyncio.to_thread(self._batch_get, table, chunk) for chunk in chunks)
+        )
+        found: dict[str, Any] = {}
+        for answer in answers:
+            found.update(answer)
+        return found
+
+    async def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _dynamodb(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                from streams.aws import client
+
+                self._client = client(
+                    "dynamodb",
+                    region=self._settings.get("region"),
+                    endpoint_url=self._settings.get("endpointUrl"),
+                    max_attempts=3,
+                    retry_mode="adaptive",
+                    connect_timeout=1.0,
+                    read_timeout=2.0,
+                )
+            return self._client
+
+    def _batch_get(self, table: str, item_ids: Sequence[str]) -> dict[str, Any]:
+        from boto3.dynamodb.types import TypeDeserializer
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from streams.aws import translate
+
+        dynamodb = self._dynamodb()
+        deserializer = TypeDeserializer()
+        request: dict[str, Any] = {table: {"Keys": [{KEY: {"S": i}} for i in item_ids]}}
+        found: dict[str, Any] = {}
+        for round_ in range(MAX_ROUNDS):
+            if round_:
+                self._sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**round_)))
+            try:
+                answer = dynamodb.batch_get_item(RequestItems=request)
+            except (BotoCoreError, ClientError, OSError) as exc:
+                raise translate(exc, f"dynamodb BatchGetItem {table}") from exc
+            for item in answer.get("Responses", {}).get(table, []):
+                attributes = {name: deserializer.deserialize(v) for name, v in item.items()}
+                item_id = attributes.pop(KEY, None)
+                if isinstance(item_id, str):
+                    found[item_id] = plain(attributes)
+            request = answer.get("UnprocessedKeys") or {}
+            if not request.get(table, {}).get("Keys"):
+                return found
+        left = len(request[table]["Keys"])
+        raise Throttled(
+            f"dynamodb BatchGetItem {table}: {left} key(s) still unprocessed after "
+            f"{MAX_ROUNDS} calls",
+            code="UnprocessedKeys",
+        )
+
+
+WRITE_BATCH = 25  # BatchWriteItem takes at most 25 requests
+
+
+def write_items(
+    settings: Mapping[str, Any],
+    namespace: str,
+    rows: Iterable[tuple[str, Mapping[str, Any]]],
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Put ``(item_id, metadata)`` rows into ``namespace``'s table with BatchWriteItem, 25 at a
+    time, retrying ``UnprocessedItems`` like lookups retry keys; returns the rows written. Not
+    atomic across batches: check the rows first. Numbers become DynamoDB numbers; a later row
+    with the same id replaces an earlier one."""
+    from boto3.dynamodb.types import TypeSerializer
+
+    from streams.aws import client
+
+    table = table_for(settings, namespace)
+    dynamodb = client(
+        "dynamodb", region=settings.get("region"), endpoint_url=settings.get("endpointUrl")
+    )
+    serializer = TypeSerializer()
+    pending: dict[str, Mapping[str, Any]] = {}  # one batch must not name an id twice
+    count = 0
+
+    def flush() -> None:
+        requests = [
+            {"PutRequest": {"Item": {KEY: {"S": item_id}, **_attributes(serializer, metadata)}}}
+            for item_id, metadata in pending.items()
+        ]
+        _batch_write(dynamodb, table, requests, sleep)
+        pending.clear()
+
+    try:
+        for item_id, metadata in rows:
+            if item_id not in pending and len(pending) == WRITE_BATCH:
+                flush()
+            pending[item_id] = metadata
+            count += 1
+        if pending:
+            flush()
+    finally:
+        dynamodb.close()
+    return count
+
+
+def _attributes(serializer: Any, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    # TypeSerializer refuses floats; JSON numbers go through Decimal unchanged.
+    exact = json.loads(json.dumps(metadata), parse_float=Decimal)
+    return {name: serializer.serialize(value) for name, value in exact.items() if name != KEY}
+
+
+def _batch_write(
+    dynamodb: Any, table: str, requests: list[dict[str, Any]], sleep: Callable[[float], None]
+) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from streams.aws import translate
+
+    request: dict[str, Any] = {table: requests}
+    for round_ in range(MAX_ROUNDS):
+        if round_:
+            sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**round_)))
+        try:
+            answer = dynamodb.batch_write_item(RequestItems=request)
+        except (BotoCoreError, ClientError, OSError) as exc:
+            raise translate(exc, f"dynamodb BatchWriteItem {table}") from exc
+        request = answer.get("UnprocessedItems") or {}
+        if not request.get(table):
+            return
+    raise Throttled(
+        f"dynamodb BatchWriteItem {table}: {len(request[table])} item(s) still unprocessed "
+        f"after {MAX_ROUNDS} calls",
+        code="UnprocessedItems",
+    )
