@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingest.endpoint import EventsEndpoint
+from p13n.docs import docs_routes
 from p13n.errors import HANDLERS
 from p13n.logs import AccessLog
 from p13n.metrics import Metrics
@@ -125,6 +126,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readiness.endpoint, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *docs_routes(holder),
     ]
     middleware = [
         Middleware(ObserveRequests, metrics=metrics, config=holder, access_log=access_log),

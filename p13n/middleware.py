@@ -9,12 +9,14 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from p13n.docs import PUBLIC_PATHS as DOCS_PATHS
 from p13n.errors import ERROR_CODE_KEY, error_response
 from p13n.logs import AccessLog
 from p13n.metrics import Metrics
 from schemas.config import Config
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# Health probes carry no key; the API docs are public, as FastAPI's are (see p13n.docs).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"}) | DOCS_PATHS
 
 
 class ObserveRequests:
@@ -70,7 +72,7 @@ class ObserveRequests:
 
 
 class ApiKeys:
-    """When ``auth.apiKeys`` is set, every route but health needs a valid ``x-api-key``.
+    """When ``auth.apiKeys`` is set, every route but health and docs needs a valid ``x-api-key``.
 
     The presented key is hashed with SHA-256 and compared in constant time with every
     configured digest (all of them, so timing does not tell which one came close).
