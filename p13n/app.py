@@ -30,6 +30,7 @@ from p13n.metrics import Metrics
 from p13n.middleware import ApiKeys, ObserveRequests
 from p13n.recommendations import routes as recommendation_routes
 from query.service import QueryService
+from query.variations import evidently_features
 from schemas.codec import Codec
 from schemas.config import Config
 from schemas.errors import P13nError
@@ -107,6 +108,14 @@ def create_app(
         producer.start()
         holder.start()
         log.info("p13n ready: %s", holder.current.summary(), extra={"pid": os.getpid()})
+        evidently = evidently_features(holder.current)
+        if evidently:
+            log.warning(
+                "CloudWatch Evidently was discontinued in 2025: experiments %s are assigned "
+                "locally (the same users get the same variations in every process), and "
+                "exposures and conversions flow through the stream to the experiments target",
+                ", ".join(evidently),
+            )
         flusher = asyncio.get_running_loop().create_task(_flush_every(access_log, 1.0))
         try:
             yield

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.config import Experiment, Recommender, Variation
+from schemas.config import Config, Experiment, Recommender, Variation
 from schemas.errors import InvalidRequest, NotFound
 from schemas.experiments import assign
 
@@ -51,3 +51,16 @@ def choose(recommender: Recommender, user_id: str | None, feature: str | None) -
         return Choice(variations[0])
     name = assign(experiment.feature, user_id, experiment.weights)
     return Choice(recommender.variations[name], experiment)
+
+
+def evidently_features(config: Config) -> list[str]:
+    """``namespace/recommender/feature`` of every experiment configured with ``method:
+    evidently``: CloudWatch Evidently was discontinued in 2025, so these run on local assignment."""
+    return [
+        f"{ns.key}/{rec.name}/{experiment.feature}"
+        for ns in config.namespaces.values()
+        for by_name in ns.recommenders.values()
+        for rec in by_name.values()
+        for experiment in rec.experiments.values()
+        if experiment.method == "evidently"
+    ]
