@@ -27,8 +27,11 @@ valid, the backend failed to answer it.
 from __future__ import annotations
 
 import json
+import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -119,11 +122,19 @@ def boto_error(exc: Exception, what: str) -> P13nError:
 
 
 def retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` delta-seconds value (HTTP dates are not worth honouring
-    on a synchronous read path: the client retries on its own schedule)."""
-    if value is None or not value.strip().isdigit():
+    """Seconds from a ``Retry-After`` value: delta-seconds or an HTTP date (None if neither)."""
+    if not value:
         return None
-    return float(value.strip())
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return float(max(0, math.ceil((when - datetime.now(UTC)).total_seconds())))
 
 
 class LazyClient:
@@ -168,8 +179,3 @@ def aws_client(
         )
 
     return LazyClient(build)
-
-
-def text_mapping(value: Mapping[str, Any]) -> dict[str, str]:
-    """A plain ``dict`` copy of a string mapping (frozen config values are mapping proxies)."""
-    return {str(k): str(v) for k, v in value.items()}
