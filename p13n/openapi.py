@@ -108,7 +108,7 @@ def _events(config: Config, secured: bool) -> dict[str, Any]:
         ],
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": _events_body()}},
+            "content": {"application/json": {"schema": _events_body(config)}},
         },
         "responses": {
             "202": _response(config, "Accepted: durable in the stream.", _json_ref("Accepted")),
@@ -117,18 +117,44 @@ def _events(config: Config, secured: bool) -> dict[str, Any]:
     }
 
 
-def _events_body() -> dict[str, Any]:
-    # The struct cannot say "at least one of the two lists"; the request body schema can.
-    lists = ("eventList", "experimentConversions")
-    return {
-        "allOf": [
-            {"$ref": REF.format(name="EventsBody")},
-            {
-                "anyOf": [
-                    {"required": [name], "properties": {name: {"minItems": 1}}} for name in lists
-                ]
+def _events_body(config: Config) -> dict[str, Any]:
+    """The structs' schema plus the rules the service checks after decoding."""
+    required = ["sessionId"] + (["userId"] if config.partition_key == "userId" else [])
+    rules: list[dict[str, Any]] = [
+        {"required": required, "properties": {name: {"type": "string"} for name in required}},
+        {
+            "anyOf": [
+                {"required": [name], "properties": {name: {"minItems": 1}}}
+                for name in ("eventList", "experimentConversions")
+            ]
+        },
+        {
+            "if": {
+                "required": ["experimentConversions"],
+                "properties": {"experimentConversions": {"minItems": 1}},
             },
-        ]
+            "then": {"required": ["userId"], "properties": {"userId": {"type": "string"}}},
+        },
+        {"properties": {"experimentConversions": _conversions(config)}},
+    ]
+    return {"allOf": [{"$ref": REF.format(name="EventsBody")}, *rules]}
+
+
+def _conversions(config: Config) -> dict[str, Any]:
+    # Names across all namespaces: the namespace is a path parameter, so a conversion naming
+    # another namespace's recommender passes this schema and is still a 400.
+    names: dict[str, set[str]] = {"recommender": set(), "feature": set(), "metric": set()}
+    for ns in config.namespaces.values():
+        for by_name in ns.recommenders.values():
+            for recommender in by_name.values():
+                for feature, experiment in recommender.experiments.items():
+                    names["recommender"].add(recommender.name)
+                    names["feature"].add(feature)
+                    names["metric"].update(experiment.metrics)
+    if not names["feature"]:
+        return {"maxItems": 0, "description": "No experiments are configured."}
+    return {
+        "items": {"properties": {key: {"enum": sorted(values)} for key, values in names.items()}}
     }
 
 
@@ -333,7 +359,7 @@ def _parameters() -> dict[str, Any]:
             "How many items to return.",
             {"type": "integer", "minimum": 1, "maximum": MAX_RESULTS, "default": DEFAULT_RESULTS},
         ),
-        "filter": query("filter", "Name of a configured filter to apply.", _id()),
+        "filter": query("filter", "Name of a configured filter to apply.", _optional_id()),
         "filterValues": json_query("filterValues", "Dynamic filter values (JSON object)."),
         "context": json_query("context", "Contextual metadata for the recommender (JSON object)."),
         "decorateItems": query(
@@ -346,8 +372,10 @@ def _parameters() -> dict[str, Any]:
             f"The user id is synthetic: cache the answer as public. {flag_words}",
             {"type": "string", "default": "false"},
         ),
-        "feature": query("feature", "The experiment feature to evaluate.", _id()),
-        "userIdQuery": query("userId", "The user, to personalize related items.", _id()),
+        "feature": query(
+            "feature", "An experiment feature of the recommender to evaluate.", _optional_id()
+        ),
+        "userIdQuery": query("userId", "The user, to personalize related items.", _optional_id()),
         "IfNoneMatch": {
             "name": "If-None-Match",
             "in": "header",
@@ -366,6 +394,11 @@ def _param_ref(name: str) -> dict[str, Any]:
 
 def _id() -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "maxLength": MAX_ID}
+
+
+def _optional_id() -> dict[str, Any]:
+    # The service reads an empty query parameter as an absent one.
+    return {"type": "string", "maxLength": MAX_ID, "description": "Empty means absent."}
 
 
 def _id_list() -> dict[str, Any]:
