@@ -10,31 +10,36 @@ Outcomes: a throttled or failed call (retryable) fails its records, and the lane
 are ``Deferred`` unsent. A packed call rejected as invalid is split and each record sent alone,
 so only the record Personalize refuses is dead-lettered, not its neighbours. An unknown tracker
 or missing permission is not about any record: it fails the rest of the batch without more calls.
+
+Pacing (``maxCallsPerSecond``): never more than that many calls in any second *as the service
+counts them*. A call holds a slot from just before its request is written until its answer is
+in; a slot is free again one second after that. Every call that can arrive in the same second
+as a new one is then still holding its slot, whatever the delays on either side, so the quota
+needs no safety margin and is used almost fully. Requests go out through
+``personalize_wire`` (built and signed by us; boto3's client costs too much CPU per call).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from consumers.base import Deferred, Delivery, Failures
-from consumers.ratelimit import WindowLimiter
-from consumers.targets import TargetContext, aws_client
+from consumers.targets import TargetContext
+from consumers.targets.personalize_wire import PutEventsClient, epoch_seconds
 from schemas.codec import INTERACTION
 from schemas.config import TargetConfig
 from schemas.errors import Forbidden, NotFound, P13nError, RetryableError, Unavailable
 from schemas.records import event_id
-from streams.aws import translate
 
 MAX_EVENTS_PER_CALL = 10  # PutEvents' eventList limit
 LANE_WORKERS = 8
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Errors about the call as a whole (the tracker, the credentials), never about one record.
 _CALL_LEVEL = (NotFound, Forbidden)
 
@@ -52,6 +57,54 @@ class _Call:
         return sum(len(events) for _, events in self.pieces)
 
 
+class CallQuota:
+    """At most ``limit`` calls in any ``window`` seconds at the service; thread-safe.
+
+    ``call()`` is entered around one call: it waits for a free slot, and the call holds it
+    until the context exits (its answer is in) and for ``window`` seconds after. A call arrives
+    at the service after it took its slot and before its answer comes back, so two calls that
+    arrive less than ``window`` apart always overlap in the count. Unlike limiting when
+    requests start, this holds with no margin for delays before sending or in the service.
+    """
+
+    def __init__(
+        self, limit: int, window: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ):
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._ended: deque[float] = deque()  # when calls still in the window ended, in order
+        self._in_flight = 0
+        self._state = threading.Condition()
+        # One caller at a time waits for a slot; the others queue on this lock rather than all
+        # waking whenever one slot frees.
+        self._turn = threading.Lock()
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        with self._turn, self._state:
+            while True:
+                now = self._clock()
+                while self._ended and now - self._ended[0] >= self.window:
+                    self._ended.popleft()
+                if self._in_flight + len(self._ended) < self.limit:
+                    break
+                # Full: the oldest ended call leaves the window at a known time; if every slot
+                # is in flight, wait for one to end (``call`` notifies).
+                self._state.wait(self.window - (now - self._ended[0]) if self._ended else None)
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._in_flight -= 1
+                self._ended.append(self._clock())
+                if len(self._ended) == 1:
+                    self._state.notify()  # a waiter may be waiting with no deadline
+
+
 class _Abort:
     """Set once by a lane that met a call-level error; the other lanes stop calling."""
 
@@ -67,25 +120,14 @@ class PersonalizeTarget:
         self._tracking_id: str = config.options["trackingId"]
         self._rate: float | None = config.options.get("maxCallsPerSecond")
         self._what = f"personalize PutEvents ({config.group})"
-        self._client: Any = None
-        self._bucket: WindowLimiter | None = None
+        self._client: PutEventsClient | None = None
         self._pool: ThreadPoolExecutor | None = None
 
     def open(self) -> None:
-        self._client = aws_client("personalize-events", self._config)
-        if self._rate is not None:
-            # A quota per second: never more than the limit in any second. The slot is taken
-            # in botocore's before-send hook, after serialising and signing, right before the
-            # bytes go out, so that a thread descheduled while building its request cannot
-            # bunch calls up at the service; the window is 5% longer to absorb what jitter
-            # remains between here and the service's clock.
-            bucket = WindowLimiter(max(1, int(self._rate)), window=1.05)
-            self._bucket = bucket
-
-            def pace(**_: Any) -> None:  # returning None lets botocore send the request
-                bucket.acquire()
-
-            self._client.meta.events.register("before-send.personalize-events.PutEvents", pace)
+        quota = CallQuota(max(1, int(self._rate))) if self._rate is not None else None
+        client = PutEventsClient(self._config, pace=quota.call if quota is not None else None)
+        client.open()
+        self._client = client
         self._pool = ThreadPoolExecutor(LANE_WORKERS, thread_name_prefix=f"p13n-{self.name}")
 
     def deliver(self, batch: Sequence[Delivery]) -> Failures:
@@ -147,6 +189,8 @@ class PersonalizeTarget:
         return failures
 
     def _put(self, call: _Call) -> P13nError | None:
+        if self._client is None:
+            return Unavailable(f"{self._what}: target is not open")
         params: dict[str, Any] = {
             "trackingId": self._tracking_id,
             "sessionId": call.session_id,
@@ -155,9 +199,9 @@ class PersonalizeTarget:
         if call.user_id is not None:
             params["userId"] = call.user_id
         try:
-            self._client.put_events(**params)
-        except (ClientError, BotoCoreError) as exc:
-            return translate(exc, self._what)
+            self._client.put(params)
+        except P13nError as exc:
+            return exc
         return None
 
 
@@ -187,7 +231,7 @@ def _event(record: Mapping[str, Any], index: int, event: Mapping[str, Any]) -> d
     out: dict[str, Any] = {
         "eventId": event_id(record, index),
         "eventType": event["eventType"],
-        "sentAt": _EPOCH + timedelta(milliseconds=event["sentAt"]),
+        "sentAt": epoch_seconds(event["sentAt"]),
     }
     for key in ("eventValue", "itemId", "properties", "recommendationId"):
         if event.get(key) is not None:

@@ -1,38 +1,52 @@
 """The Personalize event-tracker target against a fake Personalize over real sockets.
 
-boto3 serialises real PutEvents requests and parses real answers (``tests.fixtures.
-fake_personalize``); records go through the real Avro codec first, so the target sees exactly
-what the runner would hand it. Nothing here mocks boto3.
+The target builds, signs and sends real PutEvents requests (``consumers.targets.
+personalize_wire``) to the fake (``tests.fixtures.fake_personalize``), which validates them as
+the service does; boto3 and botocore are the reference the wire tests compare against (the same
+body from ``put_events``, the same error classification from botocore's parser). Records go
+through the real Avro codec first, so the target sees exactly what the runner would hand it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import re
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
+import botocore.session
 import pytest
+from botocore.awsrequest import HeadersDict
 from botocore.exceptions import ClientError
+from botocore.parsers import create_parser
+from botocore.serialize import Serializer
 
 from consumers.base import Deferred, Delivery
 from consumers.targets import TargetContext, build_target
 from consumers.targets.personalize import PersonalizeTarget
+from consumers.targets.personalize_wire import PutEventsClient, epoch_seconds, error_for
 from schemas.codec import INTERACTION, Codec
 from schemas.config import TargetConfig, default_document, load_config
 from schemas.errors import (
+    Forbidden,
     InvalidRequest,
     NotFound,
+    P13nError,
     PermanentError,
     RetryableError,
     Throttled,
     Unavailable,
+    UpstreamError,
 )
 from schemas.records import new_record_id
-from streams.aws import client
+from streams.aws import client, translate
 from streams.base import UserRecord
 from tests.fixtures.fake_personalize import SERVER_ERROR, THROTTLE, FakePersonalize
 from tests.fixtures.servers import free_port
@@ -402,6 +416,186 @@ def test_max_calls_per_second_is_never_exceeded_and_nearly_reached(
     assert fake_personalize.max_calls_per_second() <= rate
     assert fake_personalize.max_calls_per_second() >= 0.9 * rate
     assert calls / elapsed >= 0.8 * rate
+
+
+# -- the wire: our PutEvents request is botocore's ----------------------------------------------
+
+SIGV4 = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<day>\d{8})/(?P<region>[a-z0-9-]+)/"
+    r"(?P<service>[a-z-]+)/aws4_request, SignedHeaders=(?P<signed>[a-z0-9;-]+), "
+    r"Signature=(?P<signature>[0-9a-f]{64})"
+)
+
+
+@pytest.mark.parametrize("token", [None, "session-token"])
+def test_requests_are_signed_with_sigv4_and_accepted(
+    token: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+    fake_personalize: FakePersonalize,
+    make_target: Callable[..., PersonalizeTarget],
+) -> None:
+    if token is not None:
+        monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    target = make_target()
+
+    assert target.deliver(deliveries(one_event_records("s1", 1))) == {}
+
+    [call] = fake_personalize.accepted_calls()
+    headers = call.headers
+    signed = SIGV4.fullmatch(headers["authorization"])
+    assert signed is not None, headers["authorization"]
+    assert signed["key"] == os.environ["AWS_ACCESS_KEY_ID"]
+    assert (signed["region"], signed["service"]) == ("us-east-1", "personalize")
+    assert headers["x-amz-date"].startswith(signed["day"])
+    expected = {"content-type", "host", "x-amz-date"} | (
+        {"x-amz-security-token"} if token else set()
+    )
+    assert set(signed["signed"].split(";")) == expected
+    assert headers["host"] == fake_personalize.endpoint.removeprefix("http://")
+    assert headers["content-type"] == "application/json"
+    assert headers.get("x-amz-security-token") == token
+
+
+def test_the_request_body_is_the_one_boto3_sends(
+    fake_personalize: FakePersonalize, make_target: Callable[..., PersonalizeTarget]
+) -> None:
+    # GIVEN events with every field, sent at a whole second and at a fraction of one
+    full = event(
+        "e-full",
+        eventType="Click",
+        eventValue=2.5,
+        itemId="item-7",
+        impression=["item-7", "item-8"],
+        properties='{"device": "ios", "n": 3}',
+        recommendationId="RID-1",
+        sentAt=BASE_MS + 123,
+        metricAttribution={"eventAttributionSource": "email"},
+    )
+    whole = event("e-whole", sentAt=BASE_MS + 5_000, itemId="ünïcode-ø")
+    target = make_target()
+    assert target.deliver(deliveries([record("s1", [full, whole], user="u1")])) == {}
+
+    # WHEN boto3 sends the same call
+    boto3_events = []
+    for sent in fake_personalize.events():
+        fields = dict(sent.event)
+        fields["sentAt"] = datetime.fromtimestamp(fields["sentAt"], UTC)
+        boto3_events.append(fields)
+    runtime = client("personalize-events", endpoint_url=fake_personalize.endpoint, max_attempts=1)
+    runtime.put_events(
+        trackingId=fake_personalize.tracking_id,
+        sessionId="s1",
+        userId="u1",
+        eventList=boto3_events,
+    )
+
+    # THEN the fake received the same document, number types included
+    ours, theirs = (call.request for call in fake_personalize.accepted_calls())
+    assert json.dumps(ours, sort_keys=True) == json.dumps(theirs, sort_keys=True)
+    assert [type(e["sentAt"]) for e in ours["eventList"]] == [float, int]
+
+
+@pytest.mark.parametrize("millis", [0, 1, 999, 1_000, BASE_MS, BASE_MS + 123, BASE_MS + 3_691])
+def test_sent_at_is_serialised_as_botocore_serialises_a_timestamp(millis: int) -> None:
+    stamp = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=millis)
+    expected = Serializer()._timestamp_unixtimestamp(stamp)
+
+    assert epoch_seconds(millis) == expected
+    assert type(epoch_seconds(millis)) is type(expected)
+
+
+# (status, x-amzn-ErrorType header, body) of an error answer → the p13n error class
+ERROR_ANSWERS: dict[str, tuple[int, str | None, bytes, type[P13nError]]] = {
+    "throttled": (400, None, b'{"__type": "ThrottlingException", "message": "Rate"}', Throttled),
+    "throttled, by header": (
+        400,
+        "ThrottlingException:http://internal.amazon.com/coral/com.amazon.coral.availability/",
+        b"{}",
+        Throttled,
+    ),
+    "invalid input, namespaced": (
+        400,
+        None,
+        b'{"__type": "com.amazonaws.personalize#InvalidInputException", "message": "bad"}',
+        InvalidRequest,
+    ),
+    "validation": (400, None, b'{"message": "no", "code": "ValidationException"}', InvalidRequest),
+    "unknown tracker": (404, "ResourceNotFoundException", b'{"message": "gone"}', NotFound),
+    "access denied": (
+        403,
+        None,
+        b'{"Message": "no", "__type": "AccessDeniedException"}',
+        Forbidden,
+    ),
+    "internal failure": (500, None, b'{"__type": "InternalFailure"}', Unavailable),
+    "bad gateway, not JSON": (502, None, b"<html>Bad Gateway</html>", UpstreamError),
+    "unavailable, no body": (503, None, b"", Unavailable),
+    "too many requests, no body": (429, None, b"", Throttled),
+}
+
+
+@pytest.mark.parametrize("answer", ERROR_ANSWERS)
+def test_error_answers_map_as_botocore_errors_did(answer: str) -> None:
+    status, error_type, body, expected = ERROR_ANSWERS[answer]
+    headers = HeadersDict({"Content-Type": "application/json"})
+    if error_type is not None:
+        headers["x-amzn-ErrorType"] = error_type
+    what = "personalize PutEvents (shop/personalize)"
+
+    ours = error_for(status, error_type, body, what)
+
+    # the same answer parsed by botocore into a ClientError, translated as before
+    operation = botocore.session.get_session().get_service_model("personalize-events")
+    parsed = create_parser("rest-json").parse(
+        {"status_code": status, "headers": headers, "body": body},
+        operation.operation_model("PutEvents").output_shape,
+    )
+    theirs = translate(ClientError(parsed, "PutEvents"), what)  # type: ignore[arg-type]
+    assert type(ours) is type(theirs) is expected
+    assert (ours.code, ours.message) == (theirs.code, theirs.message)
+
+
+def test_the_endpoint_is_resolved_the_standard_way(
+    monkeypatch: pytest.MonkeyPatch, fake_personalize: FakePersonalize
+) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL_PERSONALIZE_EVENTS", raising=False)
+    config = TargetConfig(
+        type="personalize-event-tracker",
+        name="personalize",
+        namespace="shop",
+        options=MappingProxyType({"trackingId": fake_personalize.tracking_id}),
+        region="eu-west-1",
+    )
+    default = PutEventsClient(config)
+    default.open()
+    default.close()
+    assert default.url == "https://personalize-events.eu-west-1.amazonaws.com/events"
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_PERSONALIZE_EVENTS", fake_personalize.endpoint)
+    target = build_target(config, CONTEXT)
+    target.open()
+    try:
+        assert target.deliver(deliveries(one_event_records("s1", 3))) == {}
+    finally:
+        target.close()
+    assert fake_personalize.event_ids() == ["s1-0", "s1-1", "s1-2"]
+
+
+def test_a_connection_the_server_closed_is_not_reused(
+    fake_personalize: FakePersonalize, make_target: Callable[..., PersonalizeTarget]
+) -> None:
+    target = make_target()
+    assert target.deliver(deliveries(one_event_records("s1", 1))) == {}
+    # the server ends the idle keep-alive connection (as after its idle timeout)
+    client = target._client
+    assert client is not None
+    for connection in client._idle:
+        sock = connection.sock
+        assert sock is not None
+        sock.shutdown(socket.SHUT_RD)  # what a close by the peer looks like to select()
+
+    assert target.deliver(deliveries(one_event_records("s2", 1))) == {}
+    assert fake_personalize.event_ids() == ["s1-0", "s2-0"]
 
 
 # -- the runner's loop --------------------------------------------------------------------------
