@@ -2,7 +2,8 @@
 
 Everything runs through the real code: records are written to an embedded stream, read back by
 a ``GroupConsumer`` (the same runner `p13n consume` uses) and delivered by the real targets;
-Personalize is our fake server (real HTTP, boto3 serialising real PutEvents calls).
+Personalize is our fake server (real HTTP, the target's own signed PutEvents requests), in a
+process of its own; it counts the calls that arrive in any 1-second window by its own clock.
 
     .venv/bin/python -m bench.consume [--events 50000] [--personalize-events 8000]
 
