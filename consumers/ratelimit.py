@@ -33,6 +33,18 @@ class TokenBucket:
         self._updated = clock()
         self._lock = threading.Lock()
 
+    def try_acquire(self, tokens: float = 1.0) -> float:
+        """Take ``tokens`` if they are there now and return 0; else take nothing and return the
+        seconds until they would be (for a 429's ``Retry-After``)."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            if self._tokens >= tokens - 1e-9:
+                self._tokens = max(0.0, self._tokens - tokens)
+                return 0.0
+            return (tokens - self._tokens) / self.rate
+
     def acquire(self, tokens: float = 1.0) -> float:
         """Take ``tokens``, waiting as long as needed; returns the seconds waited."""
         waited = 0.0

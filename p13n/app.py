@@ -27,7 +27,7 @@ from p13n.docs import docs_routes
 from p13n.errors import HANDLERS
 from p13n.logs import AccessLog
 from p13n.metrics import Metrics
-from p13n.middleware import ApiKeys, ObserveRequests
+from p13n.middleware import ApiKeys, LimitHeaders, ObserveRequests
 from p13n.recommendations import routes as recommendation_routes
 from query.service import QueryService
 from query.variations import evidently_features
@@ -139,6 +139,7 @@ def create_app(
     ]
     middleware = [
         Middleware(ObserveRequests, metrics=metrics, config=holder, access_log=access_log),
+        Middleware(LimitHeaders),
         Middleware(ApiKeys, config=holder),
     ]
     return Starlette(

@@ -8,6 +8,7 @@ wrong method) get the same shape; anything else is logged with its traceback and
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -27,11 +28,18 @@ _HTTP_CODES = {
 
 
 def error_response(
-    status: int, type_: str, code: str, message: str, retry_after: float | None = None
+    status: int,
+    type_: str,
+    code: str,
+    message: str,
+    retry_after: float | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
+    extra = dict(headers or {})
+    if retry_after is not None:
+        extra["Retry-After"] = str(max(1, round(retry_after)))
     return JSONResponse(
-        {"type": type_, "code": code, "message": message}, status_code=status, headers=headers
+        {"type": type_, "code": code, "message": message}, status_code=status, headers=extra
     )
 
 
@@ -50,7 +58,8 @@ async def http_error(request: Request, exc: Exception) -> Response:
         exc.status_code, ("ClientError", "HttpError", str(exc.detail))
     )
     request.scope[ERROR_CODE_KEY] = code
-    return error_response(exc.status_code, type_, code, message)
+    # A 405 carries Starlette's Allow header: clients learn which methods the route takes.
+    return error_response(exc.status_code, type_, code, message, headers=exc.headers)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:

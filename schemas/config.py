@@ -12,6 +12,7 @@ object here already holds its effective value.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -90,15 +91,29 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    requests_per_second: float
+    burst: int
+
+    @classmethod
+    def from_config(cls, doc: Mapping[str, Any] | None) -> RateLimit | None:
+        if not doc:
+            return None
+        rate = float(doc["requestsPerSecond"])
+        return cls(rate, int(doc.get("burst", max(1, math.ceil(rate)))))
+
+
+@dataclass(frozen=True)
 class ApiKey:
     id: str
     sha256: str
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True)
 class AuthConfig:
     api_keys: tuple[ApiKey, ...] = ()
-    rate_limit: Mapping[str, Any] | None = None
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +280,10 @@ def _semantic_errors(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     """What the schema cannot say: names that must refer to, or differ from, other names."""
     errors: list[tuple[str, str]] = []
     key_ids = [key["id"] for key in doc.get("auth", {}).get("apiKeys", [])]
+    if "rateLimit" in doc.get("auth", {}) and not key_ids:
+        errors.append(
+            (json_path("auth", "rateLimit"), "a rate limit is per API key: set auth.apiKeys")
+        )
     for index, key_id in enumerate(key_ids):
         if key_id in key_ids[:index]:
             errors.append(
@@ -376,8 +395,11 @@ def _build(doc: Mapping[str, Any], source: str) -> Config:
     )
     auth_doc = doc.get("auth", {})
     auth = AuthConfig(
-        api_keys=tuple(ApiKey(k["id"], k["sha256"].lower()) for k in auth_doc.get("apiKeys", [])),
-        rate_limit=_frozen(auth_doc.get("rateLimit")),
+        api_keys=tuple(
+            ApiKey(k["id"], k["sha256"].lower(), RateLimit.from_config(k.get("rateLimit")))
+            for k in auth_doc.get("apiKeys", [])
+        ),
+        rate_limit=RateLimit.from_config(auth_doc.get("rateLimit")),
     )
     return Config(
         version=doc.get("version"),
