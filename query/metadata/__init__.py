@@ -34,7 +34,7 @@ REGISTRY: Mapping[str, str | None] = MappingProxyType(
 
 
 def build_metadata(settings: Mapping[str, Any], context: MetadataContext) -> ItemMetadata | None:
-    kind = settings.get("type")
+    kind = str(settings.get("type"))
     if kind not in REGISTRY:
         raise ConfigError(f"unknown inferenceItemMetadata type '{kind}'")
     where = REGISTRY[kind]
