@@ -37,30 +37,31 @@ class TokenBucket:
         """Take ``tokens`` if they are there now and return 0; else take nothing and return the
         seconds until they would be (for a 429's ``Retry-After``)."""
         with self._lock:
-            now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-            self._updated = now
-            if self._tokens >= tokens - 1e-9:
-                self._tokens = max(0.0, self._tokens - tokens)
-                return 0.0
-            return (tokens - self._tokens) / self.rate
+            return self._take(tokens)
 
     def acquire(self, tokens: float = 1.0) -> float:
         """Take ``tokens``, waiting as long as needed; returns the seconds waited."""
         waited = 0.0
         while True:
             with self._lock:
-                now = self._clock()
-                self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-                self._updated = now
-                # The epsilon: after sleeping exactly the computed wait, float rounding can
-                # leave the bucket a hair short, which would otherwise spin on tiny waits.
-                if self._tokens >= tokens - 1e-9:
-                    self._tokens = max(0.0, self._tokens - tokens)
-                    return waited
-                wait = (tokens - self._tokens) / self.rate
+                wait = self._take(tokens)
+            if not wait:
+                return waited
             self._sleep(wait)
             waited += wait
+
+    def _take(self, tokens: float) -> float:
+        """Refill for the time passed, then take ``tokens`` (0 returned) or say how long until
+        they are there. Called with the lock held."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        # The epsilon: after sleeping exactly the computed wait, float rounding can leave the
+        # bucket a hair short, which would otherwise spin on tiny waits.
+        if self._tokens >= tokens - 1e-9:
+            self._tokens = max(0.0, self._tokens - tokens)
+            return 0.0
+        return (tokens - self._tokens) / self.rate
 
 
 class WindowLimiter:

@@ -43,15 +43,6 @@ from tests.fixtures.fake_lambda import FakeLambda, Invocation
 
 
 @pytest.fixture
-def fake_lambda(aws_test_env: None) -> Iterator[FakeLambda]:
-    fake = FakeLambda()
-    try:
-        yield fake
-    finally:
-        fake.close()
-
-
-@pytest.fixture
 def make_target() -> Iterator[Callable[..., LambdaTarget]]:
     opened: list[LambdaTarget] = []
 

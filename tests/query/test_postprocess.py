@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
-
-import pytest
 
 from tests.fixtures.fake_lambda import FakeLambda
 from tests.fixtures.fake_recommender import FakeRecommender
 from tests.fixtures.service import Service
-
-
-@pytest.fixture
-def fake_lambda(aws_test_env: None) -> Iterator[FakeLambda]:
-    fake = FakeLambda()
-    yield fake
-    fake.close()
 
 
 def only_even(event: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,15 +14,6 @@ from tests.query.resolver_support import failure, make_resolver, query, resolve
 
 RELATED = "related-items"
 RERANK = "rerank-items"
-
-
-@pytest.fixture
-def fake_lambda(aws_test_env: None) -> Iterator[FakeLambda]:
-    fake = FakeLambda()
-    try:
-        yield fake
-    finally:
-        fake.close()
 
 
 def similar(event: dict[str, Any]) -> dict[str, Any]:
