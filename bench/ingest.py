@@ -7,12 +7,15 @@ answers 202 without work on the same server stack. It prints, per scenario: even
 acknowledgement latency, and for p13n the stream records and bytes per event (from /metrics).
 
     .venv/bin/python -m bench.ingest [--connections 50] [--requests 200]
+    .venv/bin/python -m bench.ingest --scenarios bare,embedded    # the write path's goal alone
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -25,6 +28,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
@@ -70,7 +74,7 @@ def process(
                 proc.wait()
 
 
-def load(url: str, connections: int, requests: int) -> dict[str, float]:
+def load(url: str, connections: int, requests: int) -> dict[str, Any]:
     out = subprocess.run(
         [
             PYTHON,
@@ -176,6 +180,19 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise SystemExit(f"port {port} did not open")
 
 
+SCENARIOS = ("bare", "embedded", "kinesis", "sample")
+
+
+def scenario_list(text: str) -> list[str]:
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(SCENARIOS))
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SCENARIOS)}"
+        )
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark POST /events.")
     parser.add_argument("--connections", type=int, default=50)
@@ -184,49 +201,69 @@ def main() -> None:
         "--sample-requests", type=int, default=20, help="per connection, for the slow reference"
     )
     parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument(
+        "--scenarios",
+        type=scenario_list,
+        default=list(SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (ratios need bare and sample)",
+    )
     args = parser.parse_args()
+    chosen = set(args.scenarios)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-    moto_port = free_port()
-    moto = f"http://127.0.0.1:{moto_port}"
     results = []
-    with process(
-        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)], f"{moto}/moto-api/"
-    ):
-        kinesis_stream(moto, "bench-p13n", args.shards)
-        kinesis_stream(moto, "bench-sample", args.shards)
-        results.append(reference("bare", args.connections, args.requests, []))
-        results.append(
-            p13n_scenario("p13n embedded", None, args.connections, args.requests, "demo")
-        )
-        kinesis_config = {
-            "version": "bench",
-            "stream": {
-                "type": "kinesis",
-                "streamName": "bench-p13n",
-                "region": "us-east-1",
-                "endpointUrl": moto,
-            },
-            "namespaces": {"bench": {"eventTargets": [{"type": "interactions"}]}},
-        }
-        results.append(
-            p13n_scenario(
-                "p13n kinesis (moto)", kinesis_config, args.connections, args.requests, "bench"
+    with contextlib.ExitStack() as stack:
+        moto = ""
+        if chosen & {"kinesis", "sample"}:
+            moto_port = free_port()
+            moto = f"http://127.0.0.1:{moto_port}"
+            stack.enter_context(
+                process(
+                    [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
+                    f"{moto}/moto-api/",
+                )
             )
-        )
-        results.append(
-            reference(
-                "sample",
-                args.connections,
-                args.sample_requests,
-                ["--stream", "bench-sample", "--endpoint-url", moto],
+        if "kinesis" in chosen:
+            kinesis_stream(moto, "bench-p13n", args.shards)
+        if "sample" in chosen:
+            kinesis_stream(moto, "bench-sample", args.shards)
+        if "bare" in chosen:
+            results.append(reference("bare", args.connections, args.requests, []))
+        if "embedded" in chosen:
+            results.append(
+                p13n_scenario("p13n embedded", None, args.connections, args.requests, "demo")
             )
-        )
+        if "kinesis" in chosen:
+            kinesis_config = {
+                "version": "bench",
+                "stream": {
+                    "type": "kinesis",
+                    "streamName": "bench-p13n",
+                    "region": "us-east-1",
+                    "endpointUrl": moto,
+                },
+                "namespaces": {"bench": {"eventTargets": [{"type": "interactions"}]}},
+            }
+            results.append(
+                p13n_scenario(
+                    "p13n kinesis (moto)", kinesis_config, args.connections, args.requests, "bench"
+                )
+            )
+        if "sample" in chosen:
+            results.append(
+                reference(
+                    "sample",
+                    args.connections,
+                    args.sample_requests,
+                    ["--stream", "bench-sample", "--endpoint-url", moto],
+                )
+            )
 
-    bare = results[0]["rps"]
-    sample = results[-1]["rps"]
+    by_name = {r["name"]: r["rps"] for r in results}
+    bare = by_name.get("bare endpoint (202, no work)", math.nan)
+    sample = by_name.get("sample's way (PutRecord per request)", math.nan)
     print(
         f"\nPOST /events — {args.connections} clients, one event per request, keep-alive; "
         f"{os.cpu_count()} cores\n"
