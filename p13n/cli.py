@@ -252,6 +252,17 @@ def parser() -> argparse.ArgumentParser:
     validate = config_commands.add_parser("validate", help="check a config file")
     validate.add_argument("path")
     validate.set_defaults(func=cmd_config_validate)
+    from p13n.config_push import add_arguments as add_push_arguments
+    from p13n.config_push import run as run_push
+
+    config_push = config_commands.add_parser(
+        "push",
+        help="validate a config file and deploy it through AWS AppConfig",
+        description="Validate FILE (invalid: exit 2, nothing sent), create a hosted "
+        "configuration version of it and start a deployment; --wait follows it to the end.",
+    )
+    add_push_arguments(config_push)
+    config_push.set_defaults(func=run_push)
 
     letters = commands.add_parser("dead-letters", help="inspect and redrive dead letters")
     letter_commands = letters.add_subparsers(dest="letters_command", required=True)
