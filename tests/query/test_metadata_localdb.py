@@ -47,6 +47,23 @@ def test_lookup_returns_known_ids_of_the_namespace_only(tmp_path: Path) -> None:
         close(store)
 
 
+def test_remembered_metadata_follows_later_loads(tmp_path: Path) -> None:
+    path = localdb.default_path(str(tmp_path))
+    load_items(path, "shop", [("a", {"v": 1})])
+    store = build_metadata({"type": "localdb"}, context(tmp_path))
+    try:
+
+        async def twice() -> tuple[Any, Any]:
+            return await store.lookup("shop", ["a", "b"]), await store.lookup("shop", ["a", "b"])
+
+        assert asyncio.run(twice()) == ({"a": {"v": 1}}, {"a": {"v": 1}})
+        # A load while the store serves: both the changed and the new item are seen.
+        load_items(path, "shop", [("a", {"v": 2}), ("b", {"v": 1})])
+        assert lookup(store, "shop", ["a", "b"]) == {"a": {"v": 2}, "b": {"v": 1}}
+    finally:
+        close(store)
+
+
 def test_lookups_beyond_the_variable_limit_are_chunked(tmp_path: Path) -> None:
     path = str(tmp_path / "items.db")
     count = localdb.CHUNK * 2 + 37
