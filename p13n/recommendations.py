@@ -1,4 +1,4 @@
-"""The recommendation routes: Starlette requests turned into ``query.service.Request``s.
+"""The recommendation routes: ASGI requests turned into ``query.service.Request``s.
 
 Paths, parameters and bodies are the sample project's. Only this module knows Starlette on the
 query path; ``query/`` sees plain values and answers with bytes and headers.
@@ -7,10 +7,11 @@ query path; ``query/`` sees plain values and answers with bytes and headers.
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from ingest.endpoint import read_body
 from query.service import QueryService
@@ -26,40 +27,51 @@ PATHS = (
 )
 
 
-def routes(service: QueryService, config: Callable[[], Config]) -> list[BaseRoute]:
-    def endpoint(action: str) -> Callable[[Request], object]:
-        async def handle(request: Request) -> Response:
-            headers = {
-                k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]
-            }
-            body = None
-            if request.method == "POST":
-                media = headers.get("content-type", "application/json").split(";", 1)[0]
-                if media.strip().lower() not in ("application/json", ""):
-                    raise UnsupportedMediaType(
-                        f"Content-Type must be application/json, not '{media}'"
-                    )
-                body = await read_body(
-                    request, headers.get("content-length"), config().max_body_bytes
-                )
-            path = request.path_params
-            answer = await service.serve(
-                QueryRequest(
-                    action=action,
-                    namespace=path["namespace"],
-                    recommender=path["recommender"],
-                    path=path,
-                    params=dict(request.query_params),
-                    headers=headers,
-                    url_path=request.url.path,
-                    body=body,
-                )
+class _Endpoint:
+    """One action's route as a plain ASGI app (an instance, so Starlette does not wrap it in a
+    Request/Response handler): a cache hit costs little more than this translation, and
+    building Request, URL, QueryParams and Response objects for it cost as much as the hit
+    itself (measured in bench/query). Errors raised here still reach the app's exception
+    handlers, as no response has started."""
+
+    def __init__(self, action: str, service: QueryService, config: Callable[[], Config]) -> None:
+        self.action = action
+        self.service = service
+        self.config = config
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        body = None
+        if scope["method"] == "POST":
+            media = headers.get("content-type", "application/json").split(";", 1)[0]
+            if media.strip().lower() not in ("application/json", ""):
+                raise UnsupportedMediaType(f"Content-Type must be application/json, not '{media}'")
+            body = await read_body(
+                Request(scope, receive), headers.get("content-length"), self.config().max_body_bytes
             )
-            return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
+        path = scope["path_params"]
+        # Last value wins for a repeated parameter, as with Starlette's QueryParams.
+        params = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        answer = await self.service.serve(
+            QueryRequest(
+                action=self.action,
+                namespace=path["namespace"],
+                recommender=path["recommender"],
+                path=path,
+                params=params,
+                headers=headers,
+                url_path=scope["path"],
+                body=body,
+            )
+        )
+        raw = [(b"content-length", str(len(answer.body)).encode())]
+        raw += [(k.encode(), v.encode("latin-1")) for k, v in answer.headers.items()]
+        await send({"type": "http.response.start", "status": answer.status, "headers": raw})
+        await send({"type": "http.response.body", "body": answer.body})
 
-        return handle
 
+def routes(service: QueryService, config: Callable[[], Config]) -> list[BaseRoute]:
     return [
-        Route(path, endpoint(action), methods=[method])  # type: ignore[arg-type]
+        Route(path, _Endpoint(action, service, config), methods=[method])
         for action, path, method in PATHS
     ]
