@@ -1,5 +1,5 @@
-"""Pacing: a token bucket for average rates (replay's ``--rate``) and a sliding-window limiter
-for quotas (a target's ``maxCallsPerSecond``).
+"""Pacing: a token bucket for average rates (replay's ``--rate``, API keys' rate limits) and a
+call quota for service limits (a target's ``maxCallsPerSecond``).
 
 Pacing is not retrying: ``acquire`` waits until a token is free so that the configured rate is
 never exceeded, and the caller then makes its call once.
@@ -10,7 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class TokenBucket:
@@ -64,42 +65,49 @@ class TokenBucket:
         return (tokens - self._tokens) / self.rate
 
 
-class WindowLimiter:
-    """At most ``limit`` acquisitions in any ``window`` seconds — a quota, not an average.
+class CallQuota:
+    """At most ``limit`` calls in any ``window`` seconds at the service; thread-safe.
 
-    A token bucket lets ``rate + burst`` through in a second; a service quota such as
-    Personalize's calls per second must not be exceeded in any second. This keeps the times of
-    the last ``limit`` acquisitions and lets a new one through only once the oldest of them is
-    a full window old. Thread-safe.
+    ``call()`` is entered around one call: it waits for a free slot, and the call holds it
+    until the context exits (its answer is in) and for ``window`` seconds after. A call arrives
+    at the service after it took its slot and before its answer comes back, so two calls that
+    arrive less than ``window`` apart always overlap in the count. Unlike limiting when
+    requests start, this holds with no margin for delays before sending or in the service.
     """
 
     def __init__(
-        self,
-        limit: int,
-        window: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], object] = time.sleep,
-    ) -> None:
+        self, limit: int, window: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ):
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.limit = limit
         self.window = window
         self._clock = clock
-        self._sleep = sleep
-        self._times: deque[float] = deque()
-        self._lock = threading.Lock()
+        self._ended: deque[float] = deque()  # when calls still in the window ended, in order
+        self._in_flight = 0
+        self._state = threading.Condition()
+        # One caller at a time waits for a slot; the others queue on this lock rather than all
+        # waking whenever one slot frees.
+        self._turn = threading.Lock()
 
-    def acquire(self) -> float:
-        """Wait until one more acquisition fits the window; returns the seconds waited."""
-        waited = 0.0
-        while True:
-            with self._lock:
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        with self._turn, self._state:
+            while True:
                 now = self._clock()
-                while self._times and now - self._times[0] >= self.window:
-                    self._times.popleft()
-                if len(self._times) < self.limit:
-                    self._times.append(now)
-                    return waited
-                wait = self.window - (now - self._times[0])
-            self._sleep(wait)
-            waited += wait
+                while self._ended and now - self._ended[0] >= self.window:
+                    self._ended.popleft()
+                if self._in_flight + len(self._ended) < self.limit:
+                    break
+                # Full: the oldest ended call leaves the window at a known time; if every slot
+                # is in flight, wait for one to end (``call`` notifies).
+                self._state.wait(self.window - (now - self._ended[0]) if self._ended else None)
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._in_flight -= 1
+                self._ended.append(self._clock())
+                if len(self._ended) == 1:
+                    self._state.notify()  # a waiter may be waiting with no deadline

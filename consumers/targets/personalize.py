@@ -21,16 +21,14 @@ needs no safety margin and is used almost fully. Requests go out through
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from consumers.base import Deferred, Delivery, Failures
+from consumers.ratelimit import CallQuota
 from consumers.targets import TargetContext
 from consumers.targets.personalize_wire import PutEventsClient, epoch_seconds
 from schemas.codec import INTERACTION
@@ -55,54 +53,6 @@ class _Call:
     @property
     def size(self) -> int:
         return sum(len(events) for _, events in self.pieces)
-
-
-class CallQuota:
-    """At most ``limit`` calls in any ``window`` seconds at the service; thread-safe.
-
-    ``call()`` is entered around one call: it waits for a free slot, and the call holds it
-    until the context exits (its answer is in) and for ``window`` seconds after. A call arrives
-    at the service after it took its slot and before its answer comes back, so two calls that
-    arrive less than ``window`` apart always overlap in the count. Unlike limiting when
-    requests start, this holds with no margin for delays before sending or in the service.
-    """
-
-    def __init__(
-        self, limit: int, window: float = 1.0, clock: Callable[[], float] = time.monotonic
-    ):
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        self.limit = limit
-        self.window = window
-        self._clock = clock
-        self._ended: deque[float] = deque()  # when calls still in the window ended, in order
-        self._in_flight = 0
-        self._state = threading.Condition()
-        # One caller at a time waits for a slot; the others queue on this lock rather than all
-        # waking whenever one slot frees.
-        self._turn = threading.Lock()
-
-    @contextmanager
-    def call(self) -> Iterator[None]:
-        with self._turn, self._state:
-            while True:
-                now = self._clock()
-                while self._ended and now - self._ended[0] >= self.window:
-                    self._ended.popleft()
-                if self._in_flight + len(self._ended) < self.limit:
-                    break
-                # Full: the oldest ended call leaves the window at a known time; if every slot
-                # is in flight, wait for one to end (``call`` notifies).
-                self._state.wait(self.window - (now - self._ended[0]) if self._ended else None)
-            self._in_flight += 1
-        try:
-            yield
-        finally:
-            with self._state:
-                self._in_flight -= 1
-                self._ended.append(self._clock())
-                if len(self._ended) == 1:
-                    self._state.notify()  # a waiter may be waiting with no deadline
 
 
 class _Abort:

@@ -1,8 +1,12 @@
-"""Pacing primitives with a fake clock: exact, no waiting on the wall clock."""
+"""Pacing primitives: the token bucket on a fake clock, the call quota with real threads."""
 
 from __future__ import annotations
 
-from consumers.ratelimit import TokenBucket, WindowLimiter
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from consumers.ratelimit import CallQuota, TokenBucket
 
 
 class Clock:
@@ -16,16 +20,23 @@ class Clock:
         self.now += seconds
 
 
-def test_window_limiter_never_lets_more_than_the_limit_into_any_window():
-    clock = Clock()
-    limiter = WindowLimiter(5, window=1.0, clock=clock, sleep=clock.sleep)
-    times = []
-    for _ in range(23):
-        limiter.acquire()
-        times.append(clock.now)
-    for start in times:
-        assert sum(start <= t < start + 1.0 for t in times) <= 5
-    assert times[-1] >= 4.0  # 23 acquisitions at 5 a second need 4 full windows
+def test_call_quota_never_has_more_than_the_limit_in_any_window() -> None:
+    """Real threads and the real clock: a call holds its slot from before it starts until a
+    window after it ends, so no window ever sees more than ``limit`` calls begin."""
+    quota = CallQuota(5, window=0.2)
+    starts: list[float] = []
+    lock = threading.Lock()
+
+    def one_call() -> None:
+        with quota.call(), lock:
+            starts.append(time.monotonic())
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: one_call(), range(23)))
+    starts.sort()
+    for first in starts:
+        assert sum(first <= t < first + 0.2 for t in starts) <= 5
+    assert starts[-1] - starts[0] >= 0.8  # 23 calls at 5 per 0.2 s need 4 more windows
 
 
 def test_token_bucket_keeps_the_average_rate_after_its_burst():
