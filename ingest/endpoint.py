@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from ingest.body import decode_body
 from ingest.events import build_record
@@ -37,13 +38,34 @@ class EventsEndpoint:
         self._clock = clock
 
     async def post(self, request: Request) -> Response:
+        """The endpoint as a Starlette route (see ``asgi`` for the same without the objects)."""
+        answer = await self._accept(
+            request.path_params["namespace"], request.scope["headers"], request.receive
+        )
+        return Response(answer, status_code=202, media_type="application/json")
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The endpoint as a plain ASGI app for a request its route matched
+        (``scope["path_params"]`` set): the same checks and the same 202 answer, with the same
+        headers, as ``post``, without building a Request or a Response. Errors are raised,
+        not answered: the caller maps them to responses (``p13n.errors``, in one place)."""
+        answer = await self._accept(scope["path_params"]["namespace"], scope["headers"], receive)
+        await send(
+            {"type": "http.response.start", "status": 202, "headers": _answer_headers(answer)}
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+    async def _accept(
+        self, namespace_key: str, raw_headers: Iterable[tuple[bytes, bytes]], receive: Receive
+    ) -> bytes:
+        """Validate, encode and write one request; the JSON answer once it is durable."""
         config = self._config()
-        namespace = config.namespace(request.path_params["namespace"])
+        namespace = config.namespace(namespace_key)
         # One plain dict of the headers: auto-context and the request context look up dozens
         # of names, and Starlette's Headers scans its list on every lookup.
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers}
         _check_content_type(headers.get("content-type"))
-        raw = await read_body(request, headers.get("content-length"), config.max_body_bytes)
+        raw = await receive_body(receive, headers.get("content-length"), config.max_body_bytes)
         body = decode_body(raw)
         accepted = build_record(body, namespace, config, headers, self._clock())
         data = self._codec.encode(
@@ -51,7 +73,12 @@ class EventsEndpoint:
         )
         await self._producer.put(Entry(accepted.partition_key, data))
         answer = {"accepted": accepted.events, "recordId": accepted.record["recordId"].hex()}
-        return Response(msgspec.json.encode(answer), status_code=202, media_type="application/json")
+        return msgspec.json.encode(answer)
+
+
+def _answer_headers(body: bytes) -> list[tuple[bytes, bytes]]:
+    # What Starlette's Response(media_type="application/json") sends, in its order.
+    return [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
 
 
 def _check_content_type(value: str | None) -> None:
@@ -66,12 +93,17 @@ def _check_content_type(value: str | None) -> None:
 
 async def read_body(request: Request, declared: str | None, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    return await receive_body(request.receive, declared, limit)
+
+
+async def receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """``read_body`` from the ASGI ``receive`` callable itself."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body is {declared} bytes; the limit is {limit}")
     chunks = []
     size = 0
     while True:  # ASGI messages straight from the server: cheaper than request.stream()
-        message = await request.receive()
+        message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
         chunk = message.get("body", b"")

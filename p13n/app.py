@@ -25,6 +25,7 @@ from starlette.routing import Route
 from ingest.endpoint import EventsEndpoint
 from p13n.docs import docs_routes
 from p13n.errors import HANDLERS
+from p13n.fastpath import DirectRoutes
 from p13n.logs import AccessLog
 from p13n.metrics import Metrics
 from p13n.middleware import ApiKeys, LimitHeaders, ObserveRequests
@@ -129,8 +130,10 @@ def create_app(
             readiness.close()
             log.info("p13n stopped: producer drained")
 
+    # First in the list, so the router would pick it too for what it matches (DirectRoutes).
+    events_route = Route("/events/{namespace}", events.post, methods=["POST"])
     routes = [
-        Route("/events/{namespace}", events.post, methods=["POST"]),
+        events_route,
         *recommendation_routes(query, holder),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readiness.endpoint, methods=["GET"]),
@@ -141,6 +144,7 @@ def create_app(
         Middleware(ObserveRequests, metrics=metrics, config=holder, access_log=access_log),
         Middleware(LimitHeaders),
         Middleware(ApiKeys, config=holder),
+        Middleware(DirectRoutes, routes=[(events_route, events.asgi)]),  # innermost
     ]
     return Starlette(
         routes=routes,

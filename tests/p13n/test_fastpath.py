@@ -1,0 +1,81 @@
+"""Direct routes answer exactly as the Starlette route would: the same app with and without the
+shortcut gets the same requests, and every answer, header and counted metric must match."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from starlette.exceptions import StarletteDeprecationWarning
+
+from p13n.app import create_app
+from p13n.fastpath import DirectRoutes
+from p13n.metrics import Metrics
+from schemas.sources import BuiltinSource, ConfigHolder
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
+
+JSON = {"content-type": "application/json"}
+GOOD = b'{"sessionId":"s-1","userId":"u-1","eventList":[{"eventType":"View","itemId":"i-1"}]}'
+RECORD_ID = re.compile(rb'"recordId":"[0-9a-f]{32}"')
+
+
+def client(data_dir: Path, direct: bool, metrics: Metrics) -> TestClient:
+    holder = ConfigHolder(BuiltinSource(), adjust=lambda c: c.with_data_dir(str(data_dir)))
+    app = create_app(holder, metrics=metrics)
+    if not direct:  # the middleware stack is built on the first request, so this still counts
+        app.user_middleware = [m for m in app.user_middleware if m.cls is not DirectRoutes]
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[TestClient, TestClient, Metrics, Metrics]]:
+    metrics = Metrics(), Metrics()
+    with ExitStack() as stack:
+        direct = stack.enter_context(client(tmp_path / "direct", True, metrics[0]))
+        routed = stack.enter_context(client(tmp_path / "routed", False, metrics[1]))
+        yield direct, routed, *metrics
+
+
+REQUESTS = [
+    ("POST", "/events/demo", GOOD, JSON),
+    ("POST", "/events/demo", GOOD, {"content-type": "application/json; charset=utf-8"}),
+    ("POST", "/events/nope", GOOD, JSON),
+    ("POST", "/events/demo", GOOD, {"content-type": "text/plain"}),
+    ("POST", "/events/demo", b'{"sessionId":', JSON),
+    ("POST", "/events/demo", b'{"sessionId":"s","eventList":[{}]}', JSON),
+    ("POST", "/events/demo", b"{}", JSON),
+    ("POST", "/events/demo", b"x" * (300 * 1024), JSON),
+    ("POST", "/events/demo/", GOOD, JSON),  # not a match: the router redirects
+    ("GET", "/events/demo", b"", {}),  # not a match: the router answers 405
+    ("PUT", "/events/demo", GOOD, JSON),
+]
+
+
+@pytest.mark.parametrize("method, path, body, headers", REQUESTS)
+def test_direct_answers_equal_routed_answers(pair, method, path, body, headers):
+    direct, routed, direct_metrics, routed_metrics = pair
+    answers = [
+        c.request(method, path, content=body, headers=headers, follow_redirects=False)
+        for c in (direct, routed)
+    ]
+    first, second = answers
+    assert first.status_code == second.status_code
+    assert first.headers.multi_items() == second.headers.multi_items()
+    assert RECORD_ID.sub(b"", first.content) == RECORD_ID.sub(b"", second.content)
+    counted = [
+        [
+            line
+            for line in m.exposition().decode().splitlines()
+            if line.startswith(("p13n_http_requests_total", "p13n_http_rejections_total"))
+        ]
+        for m in (direct_metrics, routed_metrics)
+    ]
+    assert counted[0] == counted[1]  # the same route label, status and error code
+    assert counted[0]
