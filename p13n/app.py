@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -108,6 +109,11 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         producer.start()
         holder.start()
+        # Everything built so far lives as long as the process: move it out of the collector's
+        # reach, so a full collection scans only what requests created (it scanned the whole
+        # heap, 30-70 ms with the event loop stopped, every few thousand requests).
+        gc.collect()
+        gc.freeze()
         log.info("p13n ready: %s", holder.current.summary(), extra={"pid": os.getpid()})
         evidently = evidently_features(holder.current)
         if evidently:
