@@ -67,14 +67,19 @@ class AccessLog:
         self._lines: list[bytes] = []
         self._size = 0
         self._flushed_at = time.monotonic()
+        self._second = -1
+        self._second_text = ""
 
     def write(self, entry: dict[str, Any]) -> None:
         if not self._enabled:
             return
         now = time.time()
+        second = int(now)
+        if second != self._second:  # strftime costs more than the rest of the line
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-            + f".{int(now % 1 * 1000):03d}Z",
+            "time": f"{self._second_text}.{int(now % 1 * 1000):03d}Z",
             "level": "info",
             "logger": "p13n.access",
             **entry,
