@@ -8,6 +8,12 @@ its own while the runner runs, so a long retry inside one batch does not let the
 and it reports the leases it lost so the runner drops their cursors. A shard taken by another
 process is asked for again only after that same interval. Shards are not rebalanced: a process
 started after the others took every shard waits until one is released or expires.
+
+A lease counts only while this process knows it is valid: from the moment before the store
+call that took or renewed it, for ``lease_seconds`` less a margin for clock drift between
+hosts. When renewals fail (the store unreachable), the shard stops being read once that time
+is up, though it is still held: another process may own it by then, and reading on would mean
+two readers of one shard. A later successful renewal resumes reading.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from streams.base import LeaseStore, Shard
 
 log = logging.getLogger("p13n.consumer")
 
+# Share of a lease's duration not counted on: room for clocks of two hosts to disagree.
+CLOCK_MARGIN = 0.1
+
 
 class ShardLeases:
     def __init__(
@@ -35,6 +44,7 @@ class ShardLeases:
         self._held: set[str] = set()
         self._lost: set[str] = set()
         self._retry_at: dict[str, float] = {}
+        self._valid_until: dict[str, float] = {}
         self._renewed_at = monotonic()
         self._halt = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -51,14 +61,22 @@ class ShardLeases:
             shard_id = shard.shard_id
             if shard_id in held or self._retry_at.get(shard_id, 0.0) > now:
                 continue
+            asked_at = self._monotonic()
             if self.store.acquire(self.group, shard_id):
                 with self._lock:
                     self._held.add(shard_id)
+                    self._valid_until[shard_id] = asked_at + self._validity
                 held.add(shard_id)
                 log.info("consumer %s: took the lease of %s", self.group, shard_id)
                 break
             self._retry_at[shard_id] = now + self.interval
-        return [s for s in shards if s.shard_id in held]
+        with self._lock:
+            valid = {s for s in held if self._valid_until.get(s, 0.0) > now}
+        return [s for s in shards if s.shard_id in valid]
+
+    @property
+    def _validity(self) -> float:
+        return self.store.lease_seconds * (1 - CLOCK_MARGIN)
 
     def lost(self) -> set[str]:
         """Shards whose lease a renewal found taken since the last call."""
@@ -72,12 +90,18 @@ class ShardLeases:
         with self._lock:
             held = sorted(self._held)
         for shard_id in held:
+            asked_at = self._monotonic()
             try:
                 kept = self.store.renew(self.group, shard_id)
-            except P13nError as exc:  # the store is unreachable: save will tell if we lost it
+            except P13nError as exc:
+                # The store is unreachable: the shard is read on until its lease runs out here,
+                # and a checkpoint save tells if it was lost.
                 log.warning("consumer %s: lease renewal failed: %s", self.group, exc.message)
                 return
-            if not kept:
+            if kept:
+                with self._lock:
+                    self._valid_until[shard_id] = asked_at + self._validity
+            else:
                 log.warning("consumer %s: lost the lease of %s", self.group, shard_id)
                 self.drop(shard_id)
                 with self._lock:
@@ -87,6 +111,7 @@ class ShardLeases:
         """Forget a lease another process owns now (nothing to release)."""
         with self._lock:
             self._held.discard(shard_id)
+            self._valid_until.pop(shard_id, None)
         self._retry_at[shard_id] = self._monotonic() + self.interval
 
     def release(self, shard_id: str) -> None:
@@ -94,6 +119,7 @@ class ShardLeases:
             if shard_id not in self._held:
                 return
             self._held.discard(shard_id)
+            self._valid_until.pop(shard_id, None)
         self.store.release(self.group, shard_id)
 
     def start(self) -> None:

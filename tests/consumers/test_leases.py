@@ -23,12 +23,14 @@ import pytest
 import consumers.targets
 from consumers.base import Delivery, Failures
 from consumers.deadletters import FileDeadLetterStore
+from consumers.leases import ShardLeases
 from consumers.runner import GroupConsumer
 from consumers.supervisor import ConsumerSet, build_checkpoints
 from schemas.codec import INTERACTION, Codec
 from schemas.config import load_config
+from schemas.errors import Unavailable
 from streams.aws import client
-from streams.base import Entry
+from streams.base import Entry, Shard
 from streams.checkpoints import SqliteCheckpointStore
 from streams.dynamodb_checkpoints import DynamoCheckpointStore, create_table
 from streams.kinesis import KinesisReader, KinesisWriter
@@ -311,3 +313,39 @@ def test_consumer_sets_from_config_hand_shards_over_when_one_stops(
     delivered = Counter(event for _, event in SharedRecorder.log)
     assert len(delivered) == 150
     assert set(delivered.values()) == {1}
+
+
+class FlakyLeaseStore:
+    """A lease store whose renewals can be made to fail, as when DynamoDB is unreachable."""
+
+    lease_seconds = 30.0
+
+    def __init__(self) -> None:
+        self.failing = False
+
+    def acquire(self, group: str, shard_id: str) -> bool:
+        return True
+
+    def renew(self, group: str, shard_id: str) -> bool:
+        if self.failing:
+            raise Unavailable("lease table unreachable")
+        return True
+
+    def release(self, group: str, shard_id: str) -> None:
+        pass
+
+
+def test_a_lease_that_cannot_be_renewed_stops_being_read_when_it_runs_out() -> None:
+    clock = [1000.0]
+    store = FlakyLeaseStore()
+    leases = ShardLeases(store, GROUP, monotonic=lambda: clock[0])  # type: ignore[arg-type]
+    shard = Shard("shard-0", 0, 2**128 - 1)
+    assert leases.held([shard]) == [shard]
+    store.failing = True
+    clock[0] += 20  # renewals fail from here on, but the lease is still good
+    assert leases.held([shard]) == [shard]
+    clock[0] += 8  # 28 s: past the lease less its margin for clock drift
+    assert leases.held([shard]) == []
+    store.failing = False
+    clock[0] += 10  # the next renewal succeeds: reading resumes
+    assert leases.held([shard]) == [shard]

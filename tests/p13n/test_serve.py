@@ -385,15 +385,20 @@ def test_two_workers_both_accept_events(service_factory: Any) -> None:
     assert statuses == [202] * total
     assert len(service.tail()) == total
 
-    # Each worker counts its own requests; scraping over fresh connections reaches both.
-    seen: set[float] = set()
+    # Each worker counts its own requests and tells its own start time; scraping over fresh
+    # connections reaches both.
+    accepted_by: dict[float, float] = {}
 
     def both_workers_answered() -> bool:
         text = httpx.get(f"{service.url}/metrics", headers={"connection": "close"}).text
-        seen.add(metric(text, "p13n_http_requests_total", route=EVENTS_ROUTE, status="202"))
-        return len(seen) == 2
+        worker = metric(text, "process_start_time_seconds")
+        accepted_by[worker] = metric(
+            text, "p13n_http_requests_total", route=EVENTS_ROUTE, status="202"
+        )
+        return len(accepted_by) == 2
 
-    wait_until(both_workers_answered, timeout=15)
-    assert sum(seen) == total and 0 not in seen
+    wait_until(both_workers_answered, timeout=30, what="a scrape answered by each worker")
+    assert sum(accepted_by.values()) == total
+    assert all(count > 0 for count in accepted_by.values()), accepted_by
     ready = [e["pid"] for e in service.logs() if e["message"].startswith("p13n ready")]
     assert len(set(ready)) == 2, ready

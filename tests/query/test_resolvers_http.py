@@ -254,7 +254,9 @@ def test_unreachable_service_is_502() -> None:
 
 
 def test_one_client_serves_concurrent_calls_and_closes(service: RecService) -> None:
-    resolver = make_resolver(FOR_YOU, variation(service.base + "/recs/{userId}"))
+    # A generous timeout: eight connections at once can outrun the test server's accept
+    # backlog of five on a loaded machine, and a dropped SYN is retried only after a second.
+    resolver = make_resolver(FOR_YOU, variation(service.base + "/recs/{userId}", timeoutMs=5000))
 
     async def run() -> list[Any]:
         try:

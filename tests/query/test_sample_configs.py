@@ -1,21 +1,58 @@
-"""The sample project's configs load unchanged and serve, Evidently experiments included."""
+"""Configs written the sample project's way load unchanged and serve, Evidently included."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 from tests.fixtures.fake_personalize import FakePersonalize
 from tests.fixtures.service import Service
 
-SAMPLES = Path(__file__).parents[3] / "shared" / "reference" / "sample-project"
+# Shaped like the sample project's experiment config: an Evidently experiment with its project
+# and dotted metric keys, two campaign variations with placeholder ARNs, no event targets.
+SAMPLE_STYLE = {
+    "version": "2",
+    "namespaces": {
+        "my-store": {
+            "inferenceItemMetadata": {"type": "localdb", "syncInterval": 300},
+            "recommenders": {
+                "related-items": {
+                    "similar": {
+                        "experiments": {
+                            "product-detail-view": {
+                                "method": "evidently",
+                                "project": "my-store",
+                                "metrics": {
+                                    "productDetailRecClicked": {
+                                        "trackExposures": True,
+                                        "entityIdKey": "userDetails.userId",
+                                        "valueKey": "details.productClicked",
+                                    }
+                                },
+                            }
+                        },
+                        "variations": {
+                            "sims": {
+                                "type": "personalize-campaign",
+                                "arn": "arn:aws:personalize:[REGION]:[ACCOUNT]:campaign/[SIMS]",
+                            },
+                            "similar-items": {
+                                "type": "personalize-campaign",
+                                "arn": "arn:aws:personalize:[REGION]:[ACCOUNT]:campaign/[SIMILAR]",
+                            },
+                        },
+                    }
+                }
+            },
+        }
+    },
+}
 
 
 def test_evidently_experiment_config_runs_on_local_assignment(
     service_factory: Callable[..., Service], fake_personalize: FakePersonalize
 ) -> None:
-    config = json.loads((SAMPLES / "config_experiment.json").read_text())
+    config = json.loads(json.dumps(SAMPLE_STYLE))
     variations = config["namespaces"]["my-store"]["recommenders"]["related-items"]["similar"][
         "variations"
     ]
