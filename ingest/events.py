@@ -19,6 +19,9 @@ from schemas.errors import InvalidRequest, NotFound
 from schemas.records import new_record_id, request_context
 
 MAX_PROPERTIES = 1024
+# What json.dumps(separators=(",", ":"), ensure_ascii=False, allow_nan=False) would build on
+# every call; the encoder holds no state between calls.
+_PROPERTIES_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +145,7 @@ def _properties(
     try:
         # json.loads takes NaN, Infinity and unpaired surrogate escapes; none is valid JSON
         # for Personalize, and a lone surrogate cannot even be written as UTF-8.
-        text = json.dumps(merged, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _PROPERTIES_JSON.encode(merged)
         text.encode("utf-8")
     except ValueError as exc:
         raise InvalidRequest(f"{where} cannot be sent as JSON: {exc}") from None
