@@ -138,9 +138,11 @@ def create_app(
 
     # First in the list, so the router would pick it too for what it matches (DirectRoutes).
     events_route = Route("/events/{namespace}", events.post, methods=["POST"])
+    # No route before them overlaps these paths either.
+    query_routes = recommendation_routes(query, holder)
     routes = [
         events_route,
-        *recommendation_routes(query, holder),
+        *query_routes,
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readiness.endpoint, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -150,7 +152,10 @@ def create_app(
         Middleware(ObserveRequests, metrics=metrics, config=holder, access_log=access_log),
         Middleware(LimitHeaders),
         Middleware(ApiKeys, config=holder),
-        Middleware(DirectRoutes, routes=[(events_route, events.asgi)]),  # innermost
+        Middleware(  # innermost
+            DirectRoutes,
+            routes=[(events_route, events.asgi), *((r, r.app) for r in query_routes)],
+        ),
     ]
     return Starlette(
         routes=routes,

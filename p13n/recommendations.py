@@ -10,7 +10,7 @@ from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
-from starlette.routing import BaseRoute, Route
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ingest.endpoint import read_body
@@ -70,7 +70,7 @@ class _Endpoint:
         await send({"type": "http.response.body", "body": answer.body})
 
 
-def routes(service: QueryService, config: Callable[[], Config]) -> list[BaseRoute]:
+def routes(service: QueryService, config: Callable[[], Config]) -> list[Route]:
     return [
         Route(path, _Endpoint(action, service, config), methods=[method])
         for action, path, method in PATHS
