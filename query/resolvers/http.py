@@ -22,7 +22,8 @@ import string
 from collections.abc import Mapping
 from urllib.parse import quote
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from query.base import MAX_RESULTS, Query, Recommendations
 from query.resolvers import ResolverContext
@@ -101,39 +102,51 @@ def url_values(query: Query, variation: str) -> dict[str, str | None]:
 
 
 class HttpResolver:
+    """One aiohttp session per resolver, opened on the first call (a session belongs to the
+    running event loop) and closed with the resolver. aiohttp rather than httpx, which the rest
+    of the project uses: on this hot path httpx cost about 1.8 ms of CPU per call against about
+    0.2 ms for aiohttp (measured in-process against a keep-alive server, 1 and 20 at a time),
+    and the query path's overhead budget is a few milliseconds."""
+
     def __init__(self, variation: Variation, context: ResolverContext) -> None:
         self.name = variation.name
         self._url = UrlTemplate(variation.options["url"])
-        headers = httpx.Headers({"accept": "application/json", "user-agent": "p13n"})
-        headers.update(dict(variation.options.get("headers") or {}))
-        self._client = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(variation.timeout_ms / 1000.0),
-            follow_redirects=False,
-        )
+        self._headers = {"accept": "application/json", "user-agent": "p13n"}
+        self._headers.update(dict(variation.options.get("headers") or {}))
+        seconds = variation.timeout_ms / 1000.0
+        self._timeout = aiohttp.ClientTimeout(sock_connect=seconds, sock_read=seconds)
+        self._session: aiohttp.ClientSession | None = None
 
     async def resolve(self, query: Query) -> Recommendations:
-        url = self._url.render(url_values(query, self.name))
+        # Already percent-encoded by the template: yarl must take it as it is, not re-quote it.
+        url = URL(self._url.render(url_values(query, self.name)), encoded=True)
         # The template, not the URL: the URL holds the caller's values.
         what = f"GET {self._url.template} (variation {self.name})"
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
         try:
-            async with self._client.stream("GET", url) as response:
+            async with self._session.get(url, allow_redirects=False) as response:
                 body = await _read(response, what)
-        except httpx.TimeoutException as exc:
+        except TimeoutError as exc:  # aiohttp's timeouts are TimeoutErrors too
             raise UpstreamTimeout(f"{what}: {type(exc).__name__}", code="Timeout") from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise UpstreamError(f"{what}: {type(exc).__name__}", code="Unreachable") from exc
         return parse(body, query, what)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._session is None or self._session.closed
 
 
-async def _read(response: httpx.Response, what: str) -> bytes:
+async def _read(response: aiohttp.ClientResponse, what: str) -> bytes:
     """The body of a 2xx answer (at most ``MAX_BODY_BYTES``); any other status raises."""
-    status = response.status_code
+    status = response.status
     if not 200 <= status < 300:
-        excerpt = (await response.aread())[:BODY_EXCERPT]
+        excerpt = await response.content.read(BODY_EXCERPT)
         message = f"{what}: HTTP {status}: {excerpt!r}"
         if status == 429:
             wait = retry_after(response.headers.get("retry-after"))
@@ -141,7 +154,7 @@ async def _read(response: httpx.Response, what: str) -> bytes:
         raise UpstreamError(message, code=f"HTTP{status}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.content.iter_chunked(64 * 1024):
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise bad_response(what, f"answer larger than {MAX_BODY_BYTES} bytes")

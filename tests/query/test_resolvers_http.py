@@ -271,4 +271,4 @@ def test_one_client_serves_concurrent_calls_and_closes(service: RecService) -> N
     answers = asyncio.run(run())
     assert len(answers) == 8 and all(a.recommendation_id == "x1" for a in answers)
     assert sorted(s.path for s in service.seen) == sorted(f"/recs/u{n}" for n in range(8))
-    assert resolver._client.is_closed  # type: ignore[attr-defined]
+    assert resolver.closed  # type: ignore[attr-defined]
