@@ -5,13 +5,17 @@ the writer schema's canonical form + the Avro binary body. A reader looks the wr
 by fingerprint and resolves it against the newest schema it knows of the same full name, so a
 reader with a newer schema reads records written with an older one (fields added with
 defaults, fields removed), and an older reader fails loudly on a schema it has never seen.
+
+Writing uses the encoder ``schemas.avro_writer`` compiles for a schema (the same bytes as
+fastavro, for a fraction of the CPU on the events path); fastavro writes any schema it cannot
+compile, and reads everything.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -19,6 +23,7 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from schemas.avro_writer import compile_writer
 from schemas.errors import RecordError
 
 MARKER = b"\xc3\x01"
@@ -33,6 +38,8 @@ class _Known:
     name: str
     parsed: Any
     fingerprint: bytes
+    # The schema compiled for writing (None: fastavro writes it), header included.
+    write: Callable[[Any], bytes] | None
 
 
 class Codec:
@@ -49,7 +56,7 @@ class Codec:
             parsed: dict[str, Any] = parse_schema(dict(schema), named_schemas={})  # type: ignore[assignment]
             name = parsed["name"]
             fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
-            known = _Known(name, parsed, fp)
+            known = _Known(name, parsed, fp, compile_writer(parsed, MARKER + fp))
             by_fingerprint[fp] = known
             newest[name] = known
         self._by_fingerprint = by_fingerprint
@@ -70,6 +77,11 @@ class Codec:
 
     def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
         known = self._newest[name]
+        if known.write is not None:
+            try:
+                return known.write(record)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise RecordError(f"record does not fit {name}: {exc}") from exc
         out = io.BytesIO()
         out.write(MARKER)
         out.write(known.fingerprint)
