@@ -263,9 +263,8 @@ class QueryService:
     ) -> Entry:
         wanted = query.num_results
         asked = look_ahead(rec.response_post_processor, wanted)
-        answer, served, fell_back = await self._resolve(
-            built, ns, rec, choice.variation, replace(query, num_results=asked)
-        )
+        asking = query if asked == wanted else replace(query, num_results=asked)
+        answer, served, fell_back = await self._resolve(built, ns, rec, choice.variation, asking)
         if query.decorate and served.inference_item_metadata:
             answer = await self._decorate(built, served.inference_item_metadata, query, answer)
         post = built.post_processor(ns, rec)
@@ -368,7 +367,7 @@ class QueryService:
             else item
             for item in answer.items
         )
-        return replace(answer, items=items)
+        return Recommendations(items, answer.recommendation_id, answer.extra)
 
     # -- exposures -----------------------------------------------------------------------------
 
