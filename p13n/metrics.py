@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,10 @@ class Metrics:
         # process_resident_memory_bytes, process_cpu_seconds_total, process_start_time_seconds…:
         # the standard per-process figures (memory growth is one to alert on).
         ProcessCollector(registry=r)
+        # Which process answered a scrape: with --workers N each worker has its own figures.
+        Gauge("p13n_process", "This process, by pid", ["pid"], registry=r).labels(
+            str(os.getpid())
+        ).set(1)
         self.requests = Counter(
             "p13n_http_requests",
             "HTTP requests by route, method and status",
