@@ -203,8 +203,11 @@ class QueryService:
         )
         choice = choose(rec, query.user_id, query.feature)
         now = self._clock()
-        auto = choice.variation.auto_context.for_context(
-            request.headers, datetime.fromtimestamp(now, UTC)
+        rules = choice.variation.auto_context
+        auto = (
+            rules.for_context(request.headers, datetime.fromtimestamp(now, UTC))
+            if rules.fields
+            else None
         )
         if auto:
             query = replace(query, context=MappingProxyType({**auto, **query.context}))

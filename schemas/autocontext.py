@@ -253,6 +253,8 @@ class AutoContext:
     def _resolved(
         self, headers: Mapping[str, str], now: datetime
     ) -> Iterator[tuple[ContextField, tuple[Scalar, ...]]]:
+        if not self.fields:  # most recommenders: not even the headers need normalising
+            return
         request = _Request(headers, now)
         for field in self.fields:
             values = field._values(request)
