@@ -150,6 +150,7 @@ class Metrics:
 
         # Label children by key: labels() costs more than the increment it leads to.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._cache_children: dict[str, Any] = {}
 
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, code: str | None
@@ -196,7 +197,10 @@ class Metrics:
 
     # query.service.Observer
     def cache(self, outcome: str) -> None:
-        self.query_cache.labels(outcome).inc()
+        child = self._cache_children.get(outcome)
+        if child is None:
+            child = self._cache_children[outcome] = self.query_cache.labels(outcome)
+        child.inc()
 
     def backend(self, variation_type: str, outcome: str, seconds: float) -> None:
         self.query_backend.labels(variation_type, outcome).observe(seconds)

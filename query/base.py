@@ -13,6 +13,7 @@ Blocking work (boto3, SQLite) runs in a worker thread inside the implementation.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -60,6 +61,13 @@ class Query:
     @property
     def shape(self) -> str:
         return SHAPES[self.action]
+
+    def with_context(self, context: Mapping[str, str]) -> Query:
+        """This query with another ``context``: a shallow copy, as ``dataclasses.replace`` would
+        make, without re-running ``__init__`` over every field (it is on every request)."""
+        clone = copy.copy(self)
+        object.__setattr__(clone, "context", context)
+        return clone
 
 
 @dataclass(frozen=True)

@@ -210,7 +210,7 @@ class QueryService:
             else None
         )
         if auto:
-            query = replace(query, context=MappingProxyType({**auto, **query.context}))
+            query = query.with_context(MappingProxyType({**auto, **query.context}))
         policy = Policy.for_query(
             choice.variation.cache_control, query, no_store=request.body is not None
         )
