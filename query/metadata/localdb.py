@@ -35,6 +35,7 @@ import sqlite3
 import threading
 import urllib.parse
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -241,7 +242,7 @@ class LocalDbMetadata:
         return installed
 
 
-class _Source:
+class _Source(ABC):
     """Where a synced store's database comes from; ``refresh`` installs a new version."""
 
     def __init__(self, uri: str) -> None:
@@ -267,11 +268,13 @@ class _Source:
         self.version = current
         return True
 
+    @abstractmethod
     def current_version(self) -> str:
-        raise NotImplementedError
+        """A token that changes whenever the source's content does (ETag, mtime and size)."""
 
+    @abstractmethod
     def fetch(self, destination: str) -> None:
-        raise NotImplementedError
+        """Copy the source's current content to ``destination``."""
 
 
 class _FileSource(_Source):
