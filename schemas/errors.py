@@ -25,6 +25,10 @@ JSON body ``{"type", "code", "message"}`` in exactly one place (``p13n.errors``)
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
 
 class P13nError(Exception):
     """Base of every error p13n raises on purpose."""
@@ -128,3 +132,20 @@ class UpstreamError(RetryableError):
 class UpstreamTimeout(RetryableError):
     status = 504
     default_code = "UpstreamTimeout"
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds to wait from an HTTP ``Retry-After`` value: delta-seconds or an HTTP date (a
+    date in the past is 0); None when the value is neither."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return float(max(0, math.ceil((when - datetime.now(UTC)).total_seconds())))

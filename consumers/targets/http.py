@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 import httpx
 
@@ -38,6 +35,7 @@ from schemas.errors import (
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
+    retry_after_seconds,
 )
 
 DEFAULT_BATCH_SIZE = 100
@@ -107,7 +105,7 @@ def _outcome(response: httpx.Response, what: str) -> P13nError | None:
         return None
     message = f"{what}: HTTP {status}: {response.text[:BODY_EXCERPT]!r}"
     code = f"HTTP{status}"
-    retry_after = _retry_after(response.headers.get("retry-after"))
+    retry_after = retry_after_seconds(response.headers.get("retry-after"))
     if status == 429:
         return Throttled(message, code=code, retry_after=retry_after)
     if status == 408:
@@ -117,20 +115,3 @@ def _outcome(response: httpx.Response, what: str) -> P13nError | None:
     if status >= 500:
         return UpstreamError(message, code=code, retry_after=retry_after)
     return _PERMANENT.get(status, InvalidRequest)(message, code=code)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    seconds = (when - datetime.now(UTC)).total_seconds()
-    return float(max(0, math.ceil(seconds)))

@@ -27,9 +27,16 @@ from yarl import URL
 
 from query.base import MAX_RESULTS, Query, Recommendations
 from query.resolvers import ResolverContext
-from query.resolvers.remote import bad_response, parse, retry_after
+from query.resolvers.remote import bad_response, parse
 from schemas.config import Variation
-from schemas.errors import ConfigError, InvalidRequest, Throttled, UpstreamError, UpstreamTimeout
+from schemas.errors import (
+    ConfigError,
+    InvalidRequest,
+    Throttled,
+    UpstreamError,
+    UpstreamTimeout,
+    retry_after_seconds,
+)
 
 PLACEHOLDERS = frozenset(
     {
@@ -149,7 +156,7 @@ async def _read(response: aiohttp.ClientResponse, what: str) -> bytes:
         excerpt = await response.content.read(BODY_EXCERPT)
         message = f"{what}: HTTP {status}: {excerpt!r}"
         if status == 429:
-            wait = retry_after(response.headers.get("retry-after"))
+            wait = retry_after_seconds(response.headers.get("retry-after"))
             raise Throttled(message, code="HTTP429", retry_after=wait)
         raise UpstreamError(message, code=f"HTTP{status}")
     chunks: list[bytes] = []

@@ -26,11 +26,8 @@ valid, the backend failed to answer it.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -38,7 +35,13 @@ import msgspec
 from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
 
 from query.base import MAX_RESULTS, Query, Recommendations
-from schemas.errors import P13nError, Throttled, UpstreamError, UpstreamTimeout
+from schemas.errors import (
+    P13nError,
+    Throttled,
+    UpstreamError,
+    UpstreamTimeout,
+    retry_after_seconds,
+)
 from streams.aws import client, translate
 
 # One retry at most: the service bounds the whole call by the variation's timeout anyway, and
@@ -118,24 +121,8 @@ def boto_error(exc: Exception, what: str) -> P13nError:
     error = translate(exc, what)
     if isinstance(exc, ClientError) and error.retry_after is None:
         headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-        error.retry_after = retry_after(headers.get("retry-after"))
+        error.retry_after = retry_after_seconds(headers.get("retry-after"))
     return as_upstream(error)
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` value: delta-seconds or an HTTP date (None if neither)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return float(max(0, math.ceil((when - datetime.now(UTC)).total_seconds())))
 
 
 class LazyClient:
