@@ -9,8 +9,8 @@ seconds: ``"<digest>-<expires>"``. A request whose ``If-None-Match`` holds such 
 not expired yet gets ``304 Not Modified`` without asking the recommender, as the sample does.
 Without a ``maxAge`` there are no caching headers, and ``POST /rerank-items`` is ``no-store``.
 
-In-process cache. Keyed by the caller's path, the normalised known query parameters and the
-chosen variation; an entry is fresh for ``maxAge`` seconds and kept ``stale_seconds`` more,
+In-process cache. Keyed by the caller's path, the normalised known query parameters, the
+chosen variation and the auto-context values derived from the request's headers; an entry is fresh for ``maxAge`` seconds and kept ``stale_seconds`` more,
 for stale-if-error only. Concurrent misses of one key share a single computation (and its
 error). At most ``max_entries`` entries; the least recently used goes first.
 """

@@ -221,7 +221,14 @@ class QueryService:
         async def compute() -> Entry:
             return await self._compute(built, ns, rec, choice, query, policy)
 
-        key = (request.url_path, query_params.normalised(request.params), choice.variation.name)
+        # The auto-context values too: one URL asked from a phone and from a desktop may be
+        # answered differently.
+        key = (
+            request.url_path,
+            query_params.normalised(request.params),
+            choice.variation.name,
+            tuple(sorted(auto.items())) if auto else (),
+        )
         outcome = "miss"
         entry = self._cache.fresh(key) if policy.cacheable else None
         try:

@@ -315,3 +315,16 @@ def test_default_config_recommendations_react_to_events(service_factory: Service
         assert decorated[0]["metadata"] == {"category": "tea"}
         plain = client.get("/related-items/demo/similar/kettle?decorateItems=false").json()
         assert "metadata" not in plain["itemList"][0]
+
+
+def test_answers_cached_per_auto_context_value(service_factory: ServiceFactory) -> None:
+    # The built-in config derives deviceType from CloudFront headers: a phone and a desktop
+    # asking the same URL must not share one cached answer.
+    service = service_factory(extra_args=("--no-consumers",))
+    phone = {"cloudfront-is-mobile-viewer": "true"}
+    with service.client() as client:
+        url = "/related-items/demo/similar/i1"
+        assert client.get(url).headers["x-p13n-cache"] == "miss"
+        assert client.get(url).headers["x-p13n-cache"] == "hit"
+        assert client.get(url, headers=phone).headers["x-p13n-cache"] == "miss"
+        assert client.get(url, headers=phone).headers["x-p13n-cache"] == "hit"
