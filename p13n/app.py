@@ -26,10 +26,9 @@ from starlette.routing import Route
 from ingest.endpoint import EventsEndpoint
 from p13n.docs import docs_routes
 from p13n.errors import HANDLERS
-from p13n.fastpath import DirectRoutes
 from p13n.logs import AccessLog
 from p13n.metrics import Metrics
-from p13n.middleware import ApiKeys, LimitHeaders, ObserveRequests
+from p13n.middleware import Front
 from p13n.recommendations import routes as recommendation_routes
 from query.service import QueryService
 from query.variations import evidently_features
@@ -136,7 +135,7 @@ def create_app(
             readiness.close()
             log.info("p13n stopped: producer drained")
 
-    # First in the list, so the router would pick it too for what it matches (DirectRoutes).
+    # First in the list, so the router would pick it too for what it matches (direct routes).
     events_route = Route("/events/{namespace}", events.post, methods=["POST"])
     # No route before them overlaps these paths either.
     query_routes = recommendation_routes(query, holder)
@@ -149,13 +148,13 @@ def create_app(
         *docs_routes(holder),
     ]
     middleware = [
-        Middleware(ObserveRequests, metrics=metrics, config=holder, access_log=access_log),
-        Middleware(LimitHeaders),
-        Middleware(ApiKeys, config=holder),
-        Middleware(  # innermost
-            DirectRoutes,
+        Middleware(
+            Front,
+            metrics=metrics,
+            config=holder,
+            access_log=access_log,
             routes=[(events_route, events.asgi), *((r, r.app) for r in query_routes)],
-        ),
+        )
     ]
     return Starlette(
         routes=routes,

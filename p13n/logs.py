@@ -71,19 +71,37 @@ class AccessLog:
         self._second_text = ""
 
     def write(self, entry: dict[str, Any]) -> None:
+        if self._enabled:
+            self._append({"time": self._stamp(), "level": "info", "logger": "p13n.access", **entry})
+
+    def request(
+        self, method: str, path: str, status: int, route: str, seconds: float, code: str | None
+    ) -> None:
+        """The line of one HTTP request (``write`` with these fields, built in one go)."""
         if not self._enabled:
             return
+        entry: dict[str, Any] = {
+            "time": self._stamp(),
+            "level": "info",
+            "logger": "p13n.access",
+            "message": f"{method} {path} {status}",
+            "route": route,
+            "status": status,
+            "ms": round(seconds * 1000, 3),
+        }
+        if code is not None:
+            entry["code"] = code
+        self._append(entry)
+
+    def _stamp(self) -> str:
         now = time.time()
         second = int(now)
         if second != self._second:  # strftime costs more than the rest of the line
             self._second = second
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        entry = {
-            "time": f"{self._second_text}.{int(now % 1 * 1000):03d}Z",
-            "level": "info",
-            "logger": "p13n.access",
-            **entry,
-        }
+        return f"{self._second_text}.{int(now % 1 * 1000):03d}Z"
+
+    def _append(self, entry: dict[str, Any]) -> None:
         line = self._encoder.encode(entry) + b"\n"
         self._lines.append(line)
         self._size += len(line)
