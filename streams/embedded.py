@@ -2,20 +2,30 @@
 
 Shards are fixed at creation: ``shards`` equal hash-key ranges, records routed by the MD5 of
 their partition key exactly as Kinesis routes them. Each shard numbers its records 1, 2, 3, …
-(``shard_seq`` keeps the last number, so trimming never reuses one). A batch is one
-``BEGIN IMMEDIATE`` transaction in WAL mode with ``synchronous=FULL``: when ``put_batch``
-returns, the batch is on disk. Several processes may read while one writes; two writers
-serialise on SQLite's write lock, so even that stays correct.
+(``shard_seq`` keeps the last number, so trimming never reuses one; a trigger maintains it).
+A batch is one multi-row ``INSERT`` — one statement, so one atomic transaction — in WAL mode
+with ``synchronous=FULL``: when ``put_batch`` returns, the batch is on disk. Several processes
+may read while one writes. A writer numbers records from the last numbers it knows; two
+writers serialise on SQLite's write lock, and one that finds its numbers taken (the primary
+key refuses the whole statement) reads the last numbers again and retries, so even that
+stays correct.
+
+Why one statement: the sqlite3 module lets go of the GIL around every step (every statement,
+every row of an ``executemany``), and each time the writer thread takes it back it may wait
+for the event loop's thread to yield it, up to the 5 ms switch interval. With a transaction
+of several statements a batch's round trip under load was 10 ms, most of it such waits.
 
 Retention: records older than ``retention_hours`` are deleted by the writer now and then.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from schemas.errors import ConfigError, Unavailable
 from streams.base import (
@@ -31,6 +41,7 @@ from streams.hashing import ShardMap, equal_ranges, hash_key
 
 BUSY_TIMEOUT_MS = 10_000
 TRIM_EVERY_SECONDS = 60.0
+ROUTE_MEMO_SIZE = 65_536
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS shards (
@@ -48,7 +59,24 @@ CREATE TABLE IF NOT EXISTS records (
     arrival_ms INTEGER NOT NULL,
     PRIMARY KEY (idx, seq)
 ) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS records_last_seq AFTER INSERT ON records BEGIN
+    UPDATE shard_seq SET last_seq = NEW.seq WHERE idx = NEW.idx AND last_seq < NEW.seq;
+END;
 """
+
+
+# Rows per INSERT statement: 5 parameters each, well under SQLite's 32,766 variables. A larger
+# batch (maxBatchRecords allows it) is several statements in one explicit transaction.
+_INSERT_ROWS = 1000
+# Attempts when another writer took the sequence numbers this one meant to use.
+_NUMBERING_ATTEMPTS = 5
+
+
+@functools.lru_cache(maxsize=64)
+def _insert(rows: int) -> str:
+    return "INSERT INTO records (idx, seq, partition_key, data, arrival_ms) VALUES " + ",".join(
+        ["(?,?,?,?,?)"] * rows
+    )
 
 
 def shard_id(index: int) -> str:
@@ -114,38 +142,69 @@ class EmbeddedWriter:
         self._retention_ms = int(retention_hours * 3600 * 1000)
         self._conn = connect(path)
         self._next_trim = time.monotonic() + TRIM_EVERY_SECONDS
+        # Shard index by partition key: a session's events keep coming, and the MD5 and the
+        # range search cost more than the row insert. Bounded; emptied when full.
+        self._routes: dict[str, int] = {}
+        # The last sequence number of each shard as this writer knows it; None: read it.
+        self._last: list[int] | None = None
+
+    def _insert(self, rows: list[Any]) -> None:
+        """Insert flattened rows (5 values each): one statement when they fit in one."""
+        size = _INSERT_ROWS * 5
+        if len(rows) <= size:
+            self._conn.execute(_insert(len(rows) // 5), rows)
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            for start in range(0, len(rows), size):
+                chunk = rows[start : start + size]
+                self._conn.execute(_insert(len(chunk) // 5), chunk)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
+    def _shard_index(self, partition_key: str) -> int:
+        index = self._routes.get(partition_key)
+        if index is None:
+            if len(self._routes) >= ROUTE_MEMO_SIZE:
+                self._routes.clear()
+            index = self._index[self._map.shard_for(hash_key(partition_key)).shard_id]
+            self._routes[partition_key] = index
+        return index
+
+    def _last_numbers(self) -> list[int]:
+        rows = self._conn.execute("SELECT idx, last_seq FROM shard_seq").fetchall()
+        last = [0] * len(self._index)
+        for idx, seq in rows:
+            last[idx] = seq
+        return last
 
     def put_batch(self, entries: Sequence[Entry]) -> tuple[list[Written], WriteStats]:
-        routed = [
-            self._index[self._map.shard_for(hash_key(e.partition_key)).shard_id] for e in entries
-        ]
+        routed = [self._shard_index(e.partition_key) for e in entries]
         now_ms = int(time.time() * 1000)
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                last = dict(self._conn.execute("SELECT idx, last_seq FROM shard_seq").fetchall())
-                rows = []
-                written = []
+            for attempt in range(_NUMBERING_ATTEMPTS):
+                if self._last is None:
+                    self._last = self._last_numbers()
+                last = list(self._last)
+                rows: list[Any] = []
                 for entry, idx in zip(entries, routed, strict=True):
                     last[idx] += 1
-                    rows.append((idx, last[idx], entry.partition_key, entry.data, now_ms))
-                    written.append(Written(shard_id(idx), str(last[idx])))
-                self._conn.executemany(
-                    "INSERT INTO records (idx, seq, partition_key, data, arrival_ms) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                )
-                touched = set(routed)
-                self._conn.executemany(
-                    "UPDATE shard_seq SET last_seq = ? WHERE idx = ?",
-                    [(last[idx], idx) for idx in touched],
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+                    rows += (idx, last[idx], entry.partition_key, entry.data, now_ms)
+                try:
+                    self._insert(rows)
+                except sqlite3.IntegrityError:
+                    if attempt == _NUMBERING_ATTEMPTS - 1:
+                        raise
+                    self._last = None  # another writer numbered records: read where it got
+                    continue
+                self._last = last
+                break
         except sqlite3.Error as exc:
+            self._last = None
             raise Unavailable(f"embedded stream write failed: {exc}", retry_after=1) from exc
+        written = [Written(shard_id(idx), str(rows[i * 5 + 1])) for i, idx in enumerate(routed)]
         if time.monotonic() >= self._next_trim:
             self.trim(now_ms)
         size = sum(len(e.data) + len(e.partition_key.encode()) for e in entries)
