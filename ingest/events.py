@@ -40,10 +40,7 @@ def build_record(
     headers: Mapping[str, str],
     now: datetime,
 ) -> Accepted:
-    tracked = any(
-        r.experiments for by_name in namespace.recommenders.values() for r in by_name.values()
-    )
-    if not namespace.event_targets and not tracked:  # experiments are tracked without a target
+    if not namespace.takes_events:
         raise NotFound(
             f"Namespace '{namespace.key}' has no event targets configured",
             code="EventTargetsNotConfigured",

@@ -32,8 +32,9 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from functools import cached_property
@@ -239,9 +240,26 @@ class ContextField:
         return tuple(found)
 
 
+# How many distinct inputs (header values, minute) an AutoContext remembers the result of.
+MEMO_SIZE = 4096
+
+
 @dataclass(frozen=True)
 class AutoContext:
+    """The fields of one ``autoContext`` (or ``autoDynamicFilterValues``) object.
+
+    The result for a request is remembered, keyed by what it depends on: the values of the
+    headers its rules read and, when a rule reads the clock, the minute. Local time in any zone
+    whose offset is a whole number of minutes (every zone since 1972) keeps its hour, weekday and
+    date through a UTC minute, so the key decides the result. Requests mostly repeat a handful of
+    header combinations, and evaluating the rules again cost more than the rest of an event's
+    validation. The memory is bounded (``MEMO_SIZE``, emptied when full) and dies with the config.
+    """
+
     fields: tuple[ContextField, ...] = ()
+    _memo: dict[Any, tuple[tuple[ContextField, tuple[Scalar, ...]], ...]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None) -> AutoContext:
@@ -250,16 +268,50 @@ class AutoContext:
             return cls()
         return cls(tuple(ContextField.from_config(name, spec) for name, spec in config.items()))
 
+    @cached_property
+    def _inputs(self) -> tuple[frozenset[str], tuple[str, ...], bool]:
+        """The header names the rules read (lower case), in a fixed order, and whether any
+        rule reads the clock (and with it the time zone and latitude headers)."""
+        rules = [rule for context_field in self.fields for rule in context_field.rules]
+        timed = any(rule.type != "header-value" for rule in rules)
+        names = {rule.header for rule in rules if rule.header is not None}
+        if timed:
+            names |= {TIME_ZONE_HEADER, LATITUDE_HEADER}
+        return frozenset(names), tuple(sorted(names)), timed
+
+    def _key(self, headers: Mapping[str, str], now: datetime) -> Any:
+        wanted, order, timed = self._inputs
+        found: dict[str, str] = {}
+        for name, value in headers.items():
+            lowered = name.lower()
+            if lowered in wanted:  # the last of duplicate names wins, as in _Request
+                found[lowered] = value[:MAX_HEADER_LENGTH]
+        minute = None
+        if timed:
+            minute = (now if now.tzinfo is not None else now.replace(tzinfo=UTC)).replace(
+                second=0, microsecond=0
+            )
+        return tuple(found.get(name) for name in order), minute
+
     def _resolved(
         self, headers: Mapping[str, str], now: datetime
-    ) -> Iterator[tuple[ContextField, tuple[Scalar, ...]]]:
+    ) -> tuple[tuple[ContextField, tuple[Scalar, ...]], ...]:
         if not self.fields:  # most recommenders: not even the headers need normalising
-            return
+            return ()
+        key = self._key(headers, now)
+        known = self._memo.get(key)
+        if known is not None:
+            return known
         request = _Request(headers, now)
-        for field in self.fields:
-            values = field._values(request)
-            if values:
-                yield field, values
+        resolved = tuple(
+            (context_field, values)
+            for context_field in self.fields
+            if (values := context_field._values(request))
+        )
+        if len(self._memo) >= MEMO_SIZE:
+            self._memo.clear()
+        self._memo[key] = resolved
+        return resolved
 
     def resolve(self, headers: Mapping[str, str], now: datetime) -> dict[str, tuple[Scalar, ...]]:
         """Every field that has a value, with all its (cast) values in order."""

@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from types import MappingProxyType
 from typing import Any
@@ -190,6 +190,15 @@ class Namespace:
     filters: tuple[Mapping[str, Any], ...]
     cache_control: CacheControl
     inference_item_metadata: Mapping[str, Any] | None
+
+    @cached_property
+    def takes_events(self) -> bool:
+        """Whether ``POST /events`` has anywhere to go: event targets, or experiments whose
+        conversions are tracked (they are, without a target)."""
+        tracked = any(
+            r.experiments for by_name in self.recommenders.values() for r in by_name.values()
+        )
+        return bool(self.event_targets) or tracked
 
     def recommender_named(self, name: str) -> Recommender | None:
         """A recommender by name in any action (conversions name recommenders this way)."""

@@ -524,3 +524,58 @@ def test_any_headers_and_time_give_only_allowed_types(
     assert all(type(v) in (str, int, float) for v in EVERYTHING.for_event(headers, now).values())
     assert all(type(v) is str for v in EVERYTHING.for_context(headers, now).values())
     assert all(type(v) is str for v in EVERYTHING.for_filter_values(headers, now).values())
+
+
+MEMO_CONFIG: dict[str, Any] = {
+    **SAMPLE_AUTO_CONTEXT,
+    "weekday": {"type": "integer", "rules": [{"type": "day-of-week"}]},
+    "season": {"type": "integer", "rules": [{"type": "season-of-year"}]},
+}
+header_values = st.sampled_from([None, "true", "false", "x" * 300, "x" * 256 + "y"])
+
+
+@given(
+    requests=st.lists(
+        st.tuples(
+            st.fixed_dictionaries(
+                {
+                    "CloudFront-Is-Mobile-Viewer": header_values,
+                    "cloudfront-is-desktop-viewer": header_values,
+                    "cloudfront-viewer-time-zone": st.sampled_from(
+                        [None, "Asia/Kathmandu", "Australia/Lord_Howe", "America/St_Johns", "Nope"]
+                    ),
+                    "cloudfront-viewer-latitude": st.sampled_from([None, "-33.9", "51.5"]),
+                    "x-other": st.text(max_size=3),
+                }
+            ),
+            st.datetimes(
+                min_value=datetime(2020, 1, 1),
+                max_value=datetime(2030, 1, 1),
+                timezones=st.just(UTC),
+            ),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_remembered_results_equal_fresh_ones(requests: list[tuple[dict, datetime]]) -> None:
+    """One instance asked many times (its memo at work) answers as a new instance would,
+    for every output, across header values, zones with 30 and 45 minute offsets and times."""
+    remembering = AutoContext.from_config(MEMO_CONFIG)
+    for raw_headers, now in requests + requests:
+        headers = {k: v for k, v in raw_headers.items() if v is not None}
+        fresh = AutoContext.from_config(MEMO_CONFIG)
+        for method in ("for_event", "for_context", "for_filter_values", "resolve"):
+            assert getattr(remembering, method)(headers, now) == getattr(fresh, method)(
+                headers, now
+            ), (method, headers, now)
+
+
+def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import schemas.autocontext as module
+
+    monkeypatch.setattr(module, "MEMO_SIZE", 3)
+    auto = AutoContext.from_config(SAMPLE_AUTO_CONTEXT)
+    for index in range(10):
+        auto.for_event({"cloudfront-is-mobile-viewer": str(index)}, NOW)
+    assert 1 <= len(auto._memo) <= 3
