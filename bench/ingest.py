@@ -6,7 +6,7 @@ PutRecord of the request JSON per request, against the same emulator) and a bare
 answers 202 without work on the same server stack. It prints, per scenario: events/s, p50/p99
 acknowledgement latency, and for p13n the stream records and bytes per event (from /metrics).
 
-    .venv/bin/python -m bench.ingest [--connections 50] [--requests 200]
+    .venv/bin/python -m bench.ingest [--connections 50] [--requests 400] [--rounds 3]
     .venv/bin/python -m bench.ingest --scenarios bare,embedded    # the write path's goal alone
 """
 
@@ -120,53 +120,63 @@ def kinesis_stream(endpoint: str, name: str, shards: int) -> None:
     )
 
 
-def p13n_scenario(
-    name: str, config: dict | None, connections: int, requests: int, namespace: str
-) -> dict:
+@contextmanager
+def p13n_server(config: dict | None) -> Iterator[str]:
+    """The service on a free port (``--no-consumers``: bench/consume measures the consumers;
+    access logs stay on); yields its base URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as data:
-        args = [
-            str(BIN / "p13n"),
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            data,
-            # The write path alone: bench/consume measures the consumers. Access logs stay on.
-            "--no-consumers",
-        ]
+        args = [str(BIN / "p13n"), "serve", "--port", str(port), "--data-dir", data]
+        args.append("--no-consumers")
         if config is not None:
             path = Path(data) / "config.json"
             path.write_text(json.dumps(config))
             args += ["--config", str(path)]
         with process(args, f"{base}/readyz"):
-            load(f"{base}/events/{namespace}", 4, 20)  # warm up
-            before = scrape(base)
-            result = load(f"{base}/events/{namespace}", connections, requests)
-            after = scrape(base)
-    delta = {k: after[k] - before[k] for k in after}
-    events = delta["p13n_stream_user_records_written_total"] or 1
-    result.update(
-        name=name,
-        stream_records_per_event=round(delta["p13n_stream_records_written_total"] / events, 4),
-        stream_bytes_per_event=round(delta["p13n_stream_bytes_written_total"] / events, 1),
-        events_per_write_call=round(events / (delta["p13n_stream_write_calls_total"] or 1), 1),
-    )
+            yield base
+
+
+@contextmanager
+def reference_server(kind: str, extra: list[str]) -> Iterator[str]:
+    port = free_port()
+    with process([PYTHON, "-m", "bench.references", kind, "--port", str(port), *extra], None):
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+
+
+def measure(
+    name: str, base: str, namespace: str, connections: int, requests: int, observed: bool
+) -> dict:
+    """One round against a running server; for p13n (``observed``) also what the stream got."""
+    before = scrape(base) if observed else {}
+    result = load(f"{base}/events/{namespace}", connections, requests)
+    result["name"] = name
+    if observed:
+        after = scrape(base)
+        result["stream"] = {k: after[k] - before[k] for k in after}
     return result
 
 
-def reference(kind: str, connections: int, requests: int, extra: list[str]) -> dict:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    with process([PYTHON, "-m", "bench.references", kind, "--port", str(port), *extra], None):
-        wait_port(port)
-        load(f"{base}/events/bench", 4, 20)
-        result = load(f"{base}/events/bench", connections, requests)
-    result["name"] = {
-        "bare": "bare endpoint (202, no work)",
-        "sample": "sample's way (PutRecord per request)",
-    }[kind]
+def summarise(rounds: list[dict]) -> dict:
+    """The round with the median events/s, with the spread of all rounds and, for p13n, the
+    stream figures over all rounds."""
+    ordered = sorted(rounds, key=lambda r: r["rps"])
+    result = dict(ordered[len(ordered) // 2])
+    result["rps_all"] = [r["rps"] for r in rounds]
+    statuses: dict[str, int] = {}
+    for r in rounds:
+        for status, count in r["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + count
+    result["statuses_all"] = statuses
+    if "stream" in result:
+        total = {k: sum(r["stream"][k] for r in rounds) for k in result.pop("stream")}
+        events = total["p13n_stream_user_records_written_total"] or 1
+        result.update(
+            stream_records_per_event=round(total["p13n_stream_records_written_total"] / events, 4),
+            stream_bytes_per_event=round(total["p13n_stream_bytes_written_total"] / events, 1),
+            events_per_write_call=round(events / (total["p13n_stream_write_calls_total"] or 1), 1),
+        )
     return result
 
 
@@ -196,7 +206,10 @@ def scenario_list(text: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark POST /events.")
     parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--requests", type=int, default=200, help="per connection")
+    parser.add_argument("--requests", type=int, default=400, help="per connection")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds per scenario, taking turns; the median counts"
+    )
     parser.add_argument(
         "--sample-requests", type=int, default=20, help="per connection, for the slow reference"
     )
@@ -213,7 +226,12 @@ def main() -> None:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-    results = []
+    labels = {
+        "bare": "bare endpoint (202, no work)",
+        "embedded": "p13n embedded",
+        "kinesis": "p13n kinesis (moto)",
+        "sample": "sample's way (PutRecord per request)",
+    }
     with contextlib.ExitStack() as stack:
         moto = ""
         if chosen & {"kinesis", "sample"}:
@@ -225,17 +243,15 @@ def main() -> None:
                     f"{moto}/moto-api/",
                 )
             )
+        # Every server runs for the whole benchmark; the rounds take turns, so a slow spell
+        # of the machine falls on every scenario alike rather than on one of them.
+        servers: dict[str, tuple[str, str]] = {}  # scenario -> (base URL, namespace)
+        if "bare" in chosen:
+            servers["bare"] = (stack.enter_context(reference_server("bare", [])), "bench")
+        if "embedded" in chosen:
+            servers["embedded"] = (stack.enter_context(p13n_server(None)), "demo")
         if "kinesis" in chosen:
             kinesis_stream(moto, "bench-p13n", args.shards)
-        if "sample" in chosen:
-            kinesis_stream(moto, "bench-sample", args.shards)
-        if "bare" in chosen:
-            results.append(reference("bare", args.connections, args.requests, []))
-        if "embedded" in chosen:
-            results.append(
-                p13n_scenario("p13n embedded", None, args.connections, args.requests, "demo")
-            )
-        if "kinesis" in chosen:
             kinesis_config = {
                 "version": "bench",
                 "stream": {
@@ -246,37 +262,40 @@ def main() -> None:
                 },
                 "namespaces": {"bench": {"eventTargets": [{"type": "interactions"}]}},
             }
-            results.append(
-                p13n_scenario(
-                    "p13n kinesis (moto)", kinesis_config, args.connections, args.requests, "bench"
-                )
-            )
+            servers["kinesis"] = (stack.enter_context(p13n_server(kinesis_config)), "bench")
         if "sample" in chosen:
-            results.append(
-                reference(
-                    "sample",
-                    args.connections,
-                    args.sample_requests,
-                    ["--stream", "bench-sample", "--endpoint-url", moto],
+            kinesis_stream(moto, "bench-sample", args.shards)
+            extra = ["--stream", "bench-sample", "--endpoint-url", moto]
+            servers["sample"] = (stack.enter_context(reference_server("sample", extra)), "bench")
+        for base, namespace in servers.values():
+            load(f"{base}/events/{namespace}", 4, 20)  # warm up
+        rounds: dict[str, list[dict]] = {name: [] for name in servers}
+        for _ in range(args.rounds):
+            for name, (base, namespace) in servers.items():
+                requests = args.sample_requests if name == "sample" else args.requests
+                observed = name in ("embedded", "kinesis")
+                rounds[name].append(
+                    measure(labels[name], base, namespace, args.connections, requests, observed)
                 )
-            )
+        results = [summarise(rounds[name]) for name in servers]
 
     by_name = {r["name"]: r["rps"] for r in results}
     bare = by_name.get("bare endpoint (202, no work)", math.nan)
     sample = by_name.get("sample's way (PutRecord per request)", math.nan)
     print(
         f"\nPOST /events — {args.connections} clients, one event per request, keep-alive; "
-        f"{os.cpu_count()} cores\n"
+        f"{os.cpu_count()} cores; each scenario's median round of {args.rounds}, taking turns\n"
     )
-    header = f"{'scenario':40} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'xsample':>8} {'%bare':>6} {'rec/ev':>7} {'B/ev':>6} {'non-2xx':>8}"
+    header = f"{'scenario':40} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'xsample':>8} {'%bare':>6} {'rec/ev':>7} {'B/ev':>6} {'non-2xx':>8}  rounds (events/s)"
     print(header)
     print("-" * len(header))
     for r in results:
-        non_2xx = sum(v for k, v in r["statuses"].items() if not k.startswith("2"))
+        non_2xx = sum(v for k, v in r["statuses_all"].items() if not k.startswith("2"))
         print(
             f"{r['name']:40} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
             f"{r['rps'] / sample:>8.1f} {100 * r['rps'] / bare:>5.0f}% "
-            f"{r.get('stream_records_per_event', float('nan')):>7.3f} {r.get('stream_bytes_per_event', float('nan')):>6.1f} {non_2xx:>8}"
+            f"{r.get('stream_records_per_event', float('nan')):>7.3f} {r.get('stream_bytes_per_event', float('nan')):>6.1f} {non_2xx:>8}  "
+            + " ".join(f"{v:.0f}" for v in r["rps_all"])
         )
     print(
         "\nrec/ev: stream records per event (a KPL aggregate counts once); B/ev: stream bytes per event "
