@@ -18,7 +18,6 @@ from datetime import datetime
 
 import anyio.to_thread
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -87,7 +86,7 @@ def create_app(
     clock: Callable[[], datetime] | None = None,
     access_log: AccessLog | None = None,
     metrics: Metrics | None = None,
-) -> Starlette:
+) -> Front:
     config = holder.current
     metrics = metrics or Metrics()
     access_log = access_log or AccessLog(
@@ -147,20 +146,17 @@ def create_app(
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *docs_routes(holder),
     ]
-    middleware = [
-        Middleware(
-            Front,
-            metrics=metrics,
-            config=holder,
-            access_log=access_log,
-            routes=[(events_route, events.asgi), *((r, r.app) for r in query_routes)],
-        )
-    ]
-    return Starlette(
+    application = Starlette(
         routes=routes,
-        middleware=middleware,
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
+    )
+    return Front(
+        application,
+        metrics=metrics,
+        config=holder,
+        access_log=access_log,
+        routes=[(events_route, events.asgi), *((r, r.app) for r in query_routes)],
     )
 
 
@@ -187,7 +183,7 @@ def holder_from_environment() -> ConfigHolder:
     return ConfigHolder(source_for(None), adjust=adjust)
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> Front:
     level = os.environ.get("P13N_LOG_LEVEL")
     if level:  # a worker of `p13n serve --workers N`: the JSON logs its parent would write
         from p13n import logs

@@ -9,13 +9,14 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consumers.ratelimit import TokenBucket
 from p13n.docs import PUBLIC_PATHS as DOCS_PATHS
-from p13n.errors import ERROR_CODE_KEY, error_response
+from p13n.errors import ERROR_CODE_KEY, error_response, unexpected_error
 from p13n.fastpath import DirectRoutes
 from p13n.logs import AccessLog
 from p13n.metrics import Metrics
@@ -26,16 +27,19 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz"}) | DOCS_PATHS
 
 
 class Front:
-    """The service's own middleware, in one layer: every HTTP request passes through it once.
+    """The service's outermost layer: every HTTP request passes through it once.
 
     In order: header limits (431), then the API key and its rate limit (401/403/429) unless the
     path is public, then the request goes to its direct route (``p13n.fastpath``) if it has one,
-    else to the Starlette router. Around all of it: counted and timed by route template, the
-    config version header added to the answer, and one access-log line (never headers or bodies:
-    keys must not reach logs).
+    else to the Starlette application (router, exception handlers). Around all of it: counted
+    and timed by route template, the config version header added to the answer, and one
+    access-log line (never headers or bodies: keys must not reach logs). An unexpected error
+    in a direct route is answered as Starlette's server-error middleware answers the others:
+    the application's 500 handler, then raised again for the server to log.
 
-    One layer rather than one per concern: each ASGI layer costs a coroutine and often a
-    wrapped ``send`` per request, which on ``POST /events`` added up to a fifth of the CPU.
+    One layer rather than one per concern, and outside Starlette's own: each ASGI layer costs a
+    coroutine and often a wrapped ``send`` per request, which on ``POST /events`` added up to a
+    fifth of the CPU.
     """
 
     def __init__(
@@ -60,7 +64,7 @@ class Front:
         started = time.perf_counter()
         config = self.config()
         version = config.version
-        status = 500
+        status: int | None = None  # until the answer starts
 
         async def observed_send(message: Message) -> None:
             nonlocal status
@@ -79,14 +83,20 @@ class Front:
                 await refusal(scope, receive, observed_send)
             elif not await self.direct.serve(scope, receive, observed_send):
                 await self.app(scope, receive, observed_send)
+        except Exception as exc:
+            if status is None:  # nothing answered yet
+                response = await unexpected_error(Request(scope, receive), exc)
+                await response(scope, receive, observed_send)
+            raise
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
             code = scope.get(ERROR_CODE_KEY)
-            self.metrics.observe_request(template, method, status, elapsed, code)
-            self.access_log.request(method, scope["path"], status, template, elapsed, code)
+            answered = status or 500  # none: the server answers 500 itself
+            self.metrics.observe_request(template, method, answered, elapsed, code)
+            self.access_log.request(method, scope["path"], answered, template, elapsed, code)
 
 
 MAX_HEADER_BYTES = 16 * 1024

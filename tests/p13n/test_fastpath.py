@@ -13,6 +13,7 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from p13n.app import create_app
+from p13n.fastpath import DirectRoutes
 from p13n.metrics import Metrics
 from schemas.sources import BuiltinSource, ConfigHolder
 
@@ -28,9 +29,8 @@ RECORD_ID = re.compile(rb'"recordId":"[0-9a-f]{32}"')
 def client(data_dir: Path, direct: bool, metrics: Metrics) -> TestClient:
     holder = ConfigHolder(BuiltinSource(), adjust=lambda c: c.with_data_dir(str(data_dir)))
     app = create_app(holder, metrics=metrics)
-    if not direct:  # the middleware stack is built on the first request, so this still counts
-        (front,) = app.user_middleware
-        front.kwargs["routes"] = []
+    if not direct:
+        app.direct = DirectRoutes([])
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -79,3 +79,42 @@ def test_direct_answers_equal_routed_answers(pair, method, path, body, headers):
     ]
     assert counted[0] == counted[1]  # the same route label, status and error code
     assert counted[0]
+
+
+def test_an_unexpected_error_in_a_direct_route_is_a_json_500_counted_by_route(tmp_path):
+    """Front is outside Starlette's server-error middleware: it answers a direct route's
+    crash the same way (the application's 500 body, nothing of the inside), and raises it on
+    for the server to log."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from p13n.errors import HANDLERS
+    from p13n.logs import AccessLog
+    from p13n.middleware import Front
+
+    async def crash(scope, receive, send):
+        raise RuntimeError("secret internal detail")
+
+    route = Route("/boom/{name}", crash, methods=["GET"])
+    metrics = Metrics()
+    holder = ConfigHolder(BuiltinSource(), adjust=lambda c: c.with_data_dir(str(tmp_path)))
+    app = Front(
+        Starlette(exception_handlers=HANDLERS),  # type: ignore[arg-type]
+        metrics=metrics,
+        config=holder,
+        access_log=AccessLog(enabled=False),
+        routes=[(route, crash)],
+    )
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        answer = test_client.get("/boom/x")
+    assert answer.status_code == 500
+    assert answer.json() == {
+        "type": "ServerError",
+        "code": "InternalError",
+        "message": "An internal error occurred",
+    }
+    assert b"secret" not in answer.content
+    exposition = metrics.exposition().decode()
+    assert 'p13n_http_requests_total{method="GET",route="/boom/{name}",status="500"} 1.0' in (
+        exposition
+    )
