@@ -6,7 +6,8 @@ query path; ``query/`` sees plain values and answers with bytes and headers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -19,6 +20,7 @@ from query.service import Request as QueryRequest
 from schemas.config import Config
 from schemas.errors import UnsupportedMediaType
 
+QUERY_MEMO_SIZE = 1024
 PATHS = (
     ("recommend-items", "/recommend-items/{namespace}/{recommender}/{userId}", "GET"),
     ("related-items", "/related-items/{namespace}/{recommender}/{itemId}", "GET"),
@@ -38,6 +40,21 @@ class _Endpoint:
         self.action = action
         self.service = service
         self.config = config
+        # Parsed query strings by their raw bytes: most requests repeat a few ("numResults=25")
+        # and parsing costs more than the lookup. Bounded; emptied when full.
+        self._queries: dict[bytes, Mapping[str, str]] = {}
+
+    def _params(self, raw: bytes) -> Mapping[str, str]:
+        params = self._queries.get(raw)
+        if params is None:
+            # Last value wins for a repeated parameter, as with Starlette's QueryParams.
+            params = MappingProxyType(
+                dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+            )
+            if len(self._queries) >= QUERY_MEMO_SIZE:
+                self._queries.clear()
+            self._queries[raw] = params
+        return params
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
@@ -50,8 +67,7 @@ class _Endpoint:
                 Request(scope, receive), headers.get("content-length"), self.config().max_body_bytes
             )
         path = scope["path_params"]
-        # Last value wins for a repeated parameter, as with Starlette's QueryParams.
-        params = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        params = self._params(scope["query_string"])
         answer = await self.service.serve(
             QueryRequest(
                 action=self.action,
