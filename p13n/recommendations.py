@@ -78,6 +78,7 @@ class _Endpoint:
                 headers=headers,
                 url_path=scope["path"],
                 body=body,
+                query_string=scope["query_string"],
             )
         )
         raw = [(b"content-length", str(len(answer.body)).encode())]

@@ -113,6 +113,26 @@ class Request:
     headers: Mapping[str, str]  # lower-case names
     url_path: str
     body: bytes | None = None
+    # The raw query string, when the caller has it: repeated GETs then reuse their plan.
+    query_string: bytes | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a GET's path and query string decide, whatever its headers: the recommender, the
+    validated query (with the headers of the request it was made for), the variation chosen
+    for its user and feature, the caching policy and the cache-key form of its parameters."""
+
+    ns: Namespace
+    rec: Recommender
+    query: Query
+    choice: Choice
+    policy: Policy
+    params_key: str
+
+
+# Plans remembered per config (by action, path and query string); emptied when full.
+PLAN_MEMO_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -130,6 +150,7 @@ class _Built:
         self.resolvers: dict[tuple[str, str, str, str], Resolver] = {}
         self.metadata: dict[str, ItemMetadata | None] = {}
         self.post_processors: dict[tuple[str, str, str], PostProcessor] = {}
+        self.plans: dict[tuple[str, str, bytes], _Plan] = {}
 
     def resolver(self, ns: Namespace, rec: Recommender, variation: Variation) -> Resolver:
         key = (ns.key, rec.action, rec.name, variation.name)
@@ -191,17 +212,8 @@ class QueryService:
 
     async def serve(self, request: Request) -> Answer:
         built = self._current()
-        ns, rec = self._recommender(built.config, request)
-        query = query_params.parse(
-            request.action,
-            ns.key,
-            rec.name,
-            request.path,
-            request.params,
-            request.headers,
-            request.body,
-        )
-        choice = choose(rec, query.user_id, query.feature)
+        plan = self._plan(built, request)
+        query, choice, policy = plan.query, plan.choice, plan.policy
         now = self._clock()
         rules = choice.variation.auto_context
         auto = (
@@ -209,23 +221,23 @@ class QueryService:
             if rules.fields
             else None
         )
-        if auto:
-            query = query.with_context(MappingProxyType({**auto, **query.context}))
-        policy = Policy.for_query(
-            choice.variation.cache_control, query, no_store=request.body is not None
-        )
         if policy.cacheable and still_fresh(request.headers.get("if-none-match"), now):
             self._observer.cache("not-modified")
             return Answer(304, b"", self._cache_headers(policy, request.headers["if-none-match"]))
 
         async def compute() -> Entry:
-            return await self._compute(built, ns, rec, choice, query, policy)
+            asked = query
+            if asked.headers is not request.headers:  # a remembered plan: this request's own
+                asked = replace(asked, headers=request.headers)
+            if auto:
+                asked = asked.with_context(MappingProxyType({**auto, **asked.context}))
+            return await self._compute(built, plan.ns, plan.rec, choice, asked, policy)
 
         # The auto-context values too: one URL asked from a phone and from a desktop may be
         # answered differently.
         key = (
             request.url_path,
-            query_params.normalised(request.params),
+            plan.params_key,
             choice.variation.name,
             tuple(sorted(auto.items())) if auto else (),
         )
@@ -248,8 +260,38 @@ class QueryService:
             log.warning("serving a stale response: %s", exc.message)
             entry, outcome = stale, "stale"
         self._observer.cache(outcome)
-        self._expose(query, rec, choice, entry, now)
+        self._expose(query, plan.rec, choice, entry, now)
         return Answer(200, entry.body, self._headers(policy, entry, outcome))
+
+    def _plan(self, built: _Built, request: Request) -> _Plan:
+        """The request's plan: remembered for a GET with its query string, else made anew.
+        Requests that fail validation raise here and leave nothing behind."""
+        key = None
+        if request.query_string is not None and request.body is None:
+            key = (request.action, request.url_path, request.query_string)
+            known = built.plans.get(key)
+            if known is not None:
+                return known
+        ns, rec = self._recommender(built.config, request)
+        query = query_params.parse(
+            request.action,
+            ns.key,
+            rec.name,
+            request.path,
+            request.params,
+            request.headers,
+            request.body,
+        )
+        choice = choose(rec, query.user_id, query.feature)
+        policy = Policy.for_query(
+            choice.variation.cache_control, query, no_store=request.body is not None
+        )
+        plan = _Plan(ns, rec, query, choice, policy, query_params.normalised(request.params))
+        if key is not None:
+            if len(built.plans) >= PLAN_MEMO_SIZE:
+                built.plans.clear()
+            built.plans[key] = plan
+        return plan
 
     def _recommender(self, config: Config, request: Request) -> tuple[Namespace, Recommender]:
         ns = config.namespaces.get(request.namespace)
