@@ -264,8 +264,8 @@ class QueryService:
         return Answer(200, entry.body, self._headers(policy, entry, outcome))
 
     def _plan(self, built: _Built, request: Request) -> _Plan:
-        """The request's plan: remembered for a GET with its query string, else made anew.
-        Requests that fail validation raise here and leave nothing behind."""
+        """The request's plan: remembered for a cacheable GET with its query string, else made
+        anew. Requests that fail validation raise here and leave nothing behind."""
         key = None
         if request.query_string is not None and request.body is None:
             key = (request.action, request.url_path, request.query_string)
@@ -287,7 +287,9 @@ class QueryService:
             choice.variation.cache_control, query, no_store=request.body is not None
         )
         plan = _Plan(ns, rec, query, choice, policy, query_params.normalised(request.params))
-        if key is not None:
+        # Only a cacheable answer is asked for again cheaply enough for the plan to matter; the
+        # plans of uncached misses (a user each) would only pile up for the collector.
+        if key is not None and policy.cacheable:
             if len(built.plans) >= PLAN_MEMO_SIZE:
                 built.plans.clear()
             built.plans[key] = plan

@@ -5,6 +5,7 @@ miss: auto-context, filters and payloads are per request."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -14,8 +15,9 @@ import pytest
 import query.service as service_module
 from query.base import Query, Recommendations
 from query.service import QueryService, Request
+from schemas.config import default_document
 from schemas.errors import InvalidRequest
-from schemas.sources import BuiltinSource, ConfigHolder
+from schemas.sources import BuiltinSource, ConfigHolder, FileSource
 
 
 class Recording:
@@ -83,3 +85,22 @@ def test_a_request_that_fails_validation_leaves_no_plan(tmp_path: Path, asked: l
             serve(service, request({}, b"numResults=0"))
     assert service._current().plans == {}
     assert asked == []
+
+
+def test_uncached_answers_leave_no_plan(tmp_path: Path, asked: list[Query]) -> None:
+    """Without a maxAge every request is computed anyway: no plan is kept for it."""
+    document = default_document()
+    for by_name in document["namespaces"]["demo"]["recommenders"].values():
+        for rec in by_name.values():
+            rec["cacheControl"] = {}
+    document["namespaces"]["demo"].pop("cacheControl", None)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(document))
+    holder = ConfigHolder(
+        FileSource(str(config_file)), adjust=lambda c: c.with_data_dir(str(tmp_path))
+    )
+    service = QueryService(holder)
+    answers = serve(service, request({}), request({}))
+    assert [a.headers["x-p13n-cache"] for a in answers] == ["miss", "miss"]
+    assert len(asked) == 2
+    assert service._current().plans == {}
