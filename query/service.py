@@ -149,6 +149,7 @@ class _Built:
         self.config = config
         self.resolvers: dict[tuple[str, str, str, str], Resolver] = {}
         self.metadata: dict[str, ItemMetadata | None] = {}
+        self.metadata_by_object: dict[int, tuple[Mapping[str, Any], ItemMetadata | None]] = {}
         self.post_processors: dict[tuple[str, str, str], PostProcessor] = {}
         self.plans: dict[tuple[str, str, bytes], _Plan] = {}
 
@@ -161,9 +162,15 @@ class _Built:
         return found
 
     def metadata_store(self, settings: Mapping[str, Any]) -> ItemMetadata | None:
+        # By the settings object first (the config's own, alive as long as this): the JSON
+        # key below costs more than the rest of a lookup.
+        known = self.metadata_by_object.get(id(settings))
+        if known is not None and known[0] is settings:
+            return known[1]
         key = json.dumps(_plain(settings), sort_keys=True)
         if key not in self.metadata:
             self.metadata[key] = build_metadata(settings, MetadataContext(self.config))
+        self.metadata_by_object[id(settings)] = (settings, self.metadata[key])
         return self.metadata[key]
 
     def post_processor(self, ns: Namespace, rec: Recommender) -> PostProcessor | None:
