@@ -6,9 +6,10 @@ their partition key exactly as Kinesis routes them. Each shard numbers its recor
 A batch is one multi-row ``INSERT`` — one statement, so one atomic transaction — in WAL mode
 with ``synchronous=FULL``: when ``put_batch`` returns, the batch is on disk. Several processes
 may read while one writes. A writer numbers records from the last numbers it knows; two
-writers serialise on SQLite's write lock, and one that finds its numbers taken (the primary
-key refuses the whole statement) reads the last numbers again and retries, so even that
-stays correct.
+writers serialise on SQLite's write lock, and one whose numbers are not above the shard's last
+(another writer went first; a trigger refuses the whole statement, even when the records that
+took those numbers have since been trimmed) reads the last numbers again and retries, so even
+that stays correct: a number is never used twice, and never below one a reader has passed.
 
 Why one statement: the sqlite3 module lets go of the GIL around every step (every statement,
 every row of an ``executemany``), and each time the writer thread takes it back it may wait
@@ -59,6 +60,10 @@ CREATE TABLE IF NOT EXISTS records (
     arrival_ms INTEGER NOT NULL,
     PRIMARY KEY (idx, seq)
 ) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS records_fresh_seq BEFORE INSERT ON records
+WHEN NEW.seq <= (SELECT last_seq FROM shard_seq WHERE idx = NEW.idx) BEGIN
+    SELECT RAISE(ABORT, 'sequence number already used');
+END;
 CREATE TRIGGER IF NOT EXISTS records_last_seq AFTER INSERT ON records BEGIN
     UPDATE shard_seq SET last_seq = NEW.seq WHERE idx = NEW.idx AND last_seq < NEW.seq;
 END;

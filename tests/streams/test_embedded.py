@@ -183,3 +183,16 @@ def test_a_batch_larger_than_one_statement_is_written_whole_and_in_order(tmp_pat
     assert [r.data for r in read_all(EmbeddedReader(path))] == [e.data for e in batch]
     more, _ = writer.put_batch([Entry("k", b"next")])
     assert more[0].sequence_number == "2501"
+
+
+def test_a_writer_idle_past_retention_never_reuses_a_trimmed_number(tmp_path):
+    """The numbers another writer used may be trimmed away before this one writes again: its
+    stale numbers are refused all the same (readers have passed them), and it renumbers."""
+    path = str(tmp_path / "s.db")
+    idle, busy = EmbeddedWriter(path, shards=1), EmbeddedWriter(path, shards=1)
+    idle.put_batch([Entry("k", b"a")])
+    busy.put_batch([Entry("k", b"b"), Entry("k", b"c")])
+    assert busy.trim(int(time.time() * 1000) + 48 * 3600 * 1000) == 3
+    written, _ = idle.put_batch([Entry("k", b"d")])
+    assert written[0].sequence_number == "4"
+    assert [(r.sequence_number, r.data) for r in read_all(EmbeddedReader(path))] == [("4", b"d")]
