@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from schemas.config import ProducerConfig
@@ -50,10 +50,10 @@ class ProducerMetrics(Protocol):
 class _Pending:
     entry: Entry
     size: int
+    enqueued: float  # monotonic
     loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future[Written] | None = None
     cancelled: bool = False
-    enqueued: float = field(default_factory=time.monotonic)
 
 
 class Producer:
@@ -67,7 +67,9 @@ class Producer:
         self._config = config
         self._metrics = metrics
         self._queue: deque[_Pending] = deque()
-        self._lock = threading.Condition()
+        # A plain lock under the condition: nothing takes it twice, and it is faster to take
+        # than the default re-entrant one (every put takes it).
+        self._lock = threading.Condition(threading.Lock())
         self._closing = False
         self._unavailable_until = 0.0
         self._backoff = UNAVAILABLE_BACKOFF[0]
@@ -85,7 +87,7 @@ class Producer:
     async def put(self, entry: Entry) -> Written:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Written] = loop.create_future()
-        pending = _Pending(entry, _size(entry), loop, future)
+        pending = _Pending(entry, _size(entry), time.monotonic(), loop, future)
         self._enqueue(pending)
         # A plain timer, not asyncio.wait_for: this is the hot path, and wait_for wraps the
         # future in a task of its own.
@@ -109,7 +111,7 @@ class Producer:
 
     def offer(self, entry: Entry) -> bool:
         try:
-            self._enqueue(_Pending(entry, _size(entry)))
+            self._enqueue(_Pending(entry, _size(entry), time.monotonic()))
         except Unavailable:
             return False
         return True
