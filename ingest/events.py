@@ -7,6 +7,7 @@ JSON object or that grows past 1,024 characters once auto-context is merged in.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -120,6 +121,15 @@ def _event(event: Event, index: int, auto: Mapping[str, Any], now_ms: int) -> di
     }
 
 
+@functools.lru_cache(maxsize=1024)
+def _auto_json(items: tuple[tuple[str, Any], ...]) -> str:
+    """The properties of an event that brought none of its own: auto-context values only,
+    which repeat from request to request (a pure function, so remembering it is safe)."""
+    text = _PROPERTIES_JSON.encode(dict(items))
+    text.encode("utf-8")  # ValueError for a lone surrogate, as below
+    return text
+
+
 def _properties(
     given: str | dict[str, Any] | None, auto: Mapping[str, Any], index: int
 ) -> str | None:
@@ -134,18 +144,24 @@ def _properties(
         if not isinstance(parsed, dict):
             raise InvalidRequest(f"{where} must be a JSON object")
         given = parsed
-    if given is None and not auto:
-        return None
-    merged = {**auto, **(given or {})}  # the client's own values win over auto-context
-    if not merged:
-        return None
-    try:
-        # json.loads takes NaN, Infinity and unpaired surrogate escapes; none is valid JSON
-        # for Personalize, and a lone surrogate cannot even be written as UTF-8.
-        text = _PROPERTIES_JSON.encode(merged)
-        text.encode("utf-8")
-    except ValueError as exc:
-        raise InvalidRequest(f"{where} cannot be sent as JSON: {exc}") from None
+    if given is None:
+        if not auto:
+            return None
+        try:
+            text = _auto_json(tuple(auto.items()))
+        except ValueError as exc:  # a mapTo from the config that is not valid UTF-8
+            raise InvalidRequest(f"{where} cannot be sent as JSON: {exc}") from None
+    else:
+        merged = {**auto, **given}  # the client's own values win over auto-context
+        if not merged:
+            return None
+        try:
+            # json.loads takes NaN, Infinity and unpaired surrogate escapes; none is valid JSON
+            # for Personalize, and a lone surrogate cannot even be written as UTF-8.
+            text = _PROPERTIES_JSON.encode(merged)
+            text.encode("utf-8")
+        except ValueError as exc:
+            raise InvalidRequest(f"{where} cannot be sent as JSON: {exc}") from None
     if len(text) > MAX_PROPERTIES:
         raise InvalidRequest(
             f"{where} is {len(text)} characters with auto-context merged in; "
