@@ -48,6 +48,20 @@ def configure(level: str = "info") -> None:
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
+class _RequestLine(msgspec.Struct, omit_defaults=True):
+    """One access-log line, in ``AccessLog.write``'s field order (a struct encodes faster
+    than the dict it replaces)."""
+
+    time: str
+    level: str
+    logger: str
+    message: str
+    route: str
+    status: int
+    ms: float
+    code: str | None = None  # omitted when None
+
+
 class AccessLog:
     """One JSON line per request, buffered: the event loop appends, and the lines are written
     in one call once 32 KiB have gathered or a quarter second has passed (and on ``flush``).
@@ -80,18 +94,17 @@ class AccessLog:
         """The line of one HTTP request (``write`` with these fields, built in one go)."""
         if not self._enabled:
             return
-        entry: dict[str, Any] = {
-            "time": self._stamp(),
-            "level": "info",
-            "logger": "p13n.access",
-            "message": f"{method} {path} {status}",
-            "route": route,
-            "status": status,
-            "ms": round(seconds * 1000, 3),
-        }
-        if code is not None:
-            entry["code"] = code
-        self._append(entry)
+        line = _RequestLine(
+            self._stamp(),
+            "info",
+            "p13n.access",
+            f"{method} {path} {status}",
+            route,
+            status,
+            round(seconds * 1000, 3),
+            code,
+        )
+        self._append_line(self._encoder.encode(line) + b"\n")
 
     def _stamp(self) -> str:
         now = time.time()
@@ -102,7 +115,9 @@ class AccessLog:
         return f"{self._second_text}.{int(now % 1 * 1000):03d}Z"
 
     def _append(self, entry: dict[str, Any]) -> None:
-        line = self._encoder.encode(entry) + b"\n"
+        self._append_line(self._encoder.encode(entry) + b"\n")
+
+    def _append_line(self, line: bytes) -> None:
         self._lines.append(line)
         self._size += len(line)
         if (

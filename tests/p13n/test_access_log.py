@@ -28,3 +28,16 @@ def test_each_line_has_its_own_utc_time(monkeypatch: pytest.MonkeyPatch) -> None
     ]
     assert [line["status"] for line in lines] == [202, 400, 202, 503]
     assert {line["logger"] for line in lines} == {"p13n.access"}
+
+
+def test_request_lines_have_every_field_and_a_code_only_when_there_is_one() -> None:
+    stream = io.StringIO()
+    access = logs.AccessLog(stream=stream)
+    access.request("POST", "/events/demo", 202, "/events/{namespace}", 0.0123456, None)
+    access.request("GET", "/nope", 404, "unmatched", 0.001, "NotFound")
+    access.flush()
+    first, second = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert list(first) == ["time", "level", "logger", "message", "route", "status", "ms"]
+    assert first["level"] == "info" and first["logger"] == "p13n.access"
+    assert first["message"] == "POST /events/demo 202" and first["ms"] == 12.346
+    assert second["code"] == "NotFound" and second["status"] == 404
