@@ -95,8 +95,8 @@ def rss_kib(pid: int) -> int | None:
             for line in status:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
-    except OSError:
-        pass
+    except OSError:  # the process has exited (or /proc is not there): no figure
+        return None
     return None
 
 

@@ -186,6 +186,6 @@ class TcpProxy:
                 writer.write(chunk)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
-            pass
+            return  # one side went away (a fault the soak injects): the pump ends, as at EOF
         finally:
             writer.transport.abort()

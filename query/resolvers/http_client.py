@@ -53,7 +53,6 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[Answer] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.read_timeout = 0.0
-        self.received = False  # any byte of the current answer
         self.lost = False
         self.reusable = False
         self._reset()
@@ -64,7 +63,7 @@ class _Connection(asyncio.Protocol):
         self.size = 0
         self.framed = False  # content-length or chunked: the parser sees the end itself
         self.headers_done = False
-        self.received = False
+        self.received = False  # any byte of the current answer
         self.too_large = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------

@@ -35,7 +35,7 @@ class RawServer:
                 if close:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            return  # the client closed the connection: this one is over
         finally:
             writer.close()
 
