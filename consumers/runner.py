@@ -6,7 +6,9 @@ delivers them, retries what may succeed later, dead-letters what cannot, and the
 the batch's last position. The batch in hand is always settled before the checkpoint moves, so
 after a crash only that batch is delivered again. See ``consumers.base`` for the contract.
 When the checkpoint store leases shards (``streams.base.LeaseStore``), only the shards leased to
-this process are read (``consumers.leases``).
+this process are read (``consumers.leases``). An ``OperatorError`` (credentials missing or
+refused, a placeholder in the config) is never settled per record: it leaves ``settle`` and
+``run`` unchanged, with the batch unsettled and uncheckpointed, for the supervisor to pause on.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ from consumers.base import Deferred, Delivery, Target
 from consumers.deadletters import DeadLetter, DeadLetterStore
 from consumers.leases import ShardLeases
 from schemas.codec import INTERACTION, Codec
-from schemas.errors import P13nError, PermanentError, RecordError, RetryableError, Unavailable
+from schemas.errors import (
+    OperatorError,
+    P13nError,
+    PermanentError,
+    RecordError,
+    RetryableError,
+    Unavailable,
+)
 from schemas.records import with_partition_key
 from streams.base import (
     SHARD_END,
@@ -297,6 +306,12 @@ class GroupConsumer:
                 item.attempts += 1
                 item.first_attempt_ms = item.first_attempt_ms or now_ms
             failures = self._attempt([p.delivery for p in pending])
+            # Credentials or the config are wrong, not the records: nothing is settled (no
+            # attempt counts, nothing is dead-lettered, the checkpoint stays); whoever runs
+            # the group pauses it and comes back to this batch once the operator fixed it.
+            for failure in failures.values():
+                if isinstance(failure, OperatorError):
+                    raise failure
             # A round where everything was deferred would loop forever: count it then.
             someone_tried = any(not isinstance(e, Deferred) for e in failures.values())
             still: list[_Pending] = []

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from typing import Any
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -45,10 +46,22 @@ READY_CACHE_SECONDS = 2.0
 
 
 class Readiness:
-    """``/readyz``: the stream answers (checked at most every couple of seconds)."""
+    """``/readyz``: the stream answers (checked at most every couple of seconds), and how the
+    consumer groups this process runs are doing.
 
-    def __init__(self, reader: Callable[[], StreamReader]) -> None:
+    503 only when the stream does not answer: events are then refused. A consumer group that is
+    paused (an operator error: AWS credentials, a placeholder in the config) or stopped makes
+    the answer ``degraded`` with 200 — events are still taken and kept in the stream for it —
+    and ``targets`` says which group and why.
+    """
+
+    def __init__(
+        self,
+        reader: Callable[[], StreamReader],
+        consumers: Callable[[], dict[str, dict[str, Any]]] | None = None,
+    ) -> None:
         self._make_reader = reader
+        self._consumers = consumers
         self._reader: StreamReader | None = None
         self._checked_at = -READY_CACHE_SECONDS
         self._problem: str | None = "not checked yet"
@@ -66,9 +79,19 @@ class Readiness:
         if time.monotonic() - self._checked_at >= READY_CACHE_SECONDS:
             await anyio.to_thread.run_sync(self._check)
             self._checked_at = time.monotonic()
-        if self._problem is None:
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "unavailable", "reason": self._problem}, status_code=503)
+        body: dict[str, Any] = {"status": "ready"}
+        if self._problem is not None:
+            body = {"status": "unavailable", "reason": self._problem}
+        if self._consumers is not None:
+            targets = self._consumers()
+            body["targets"] = targets
+            failing = sorted(
+                group for group, h in targets.items() if h["state"] in ("paused", "stopped")
+            )
+            if failing and self._problem is None:
+                body["status"] = "degraded"
+                body["reason"] = "consumer group(s) not delivering: " + ", ".join(failing)
+        return JSONResponse(body, status_code=503 if self._problem is not None else 200)
 
     def close(self) -> None:
         if self._reader is not None:
@@ -86,7 +109,10 @@ def create_app(
     clock: Callable[[], datetime] | None = None,
     access_log: AccessLog | None = None,
     metrics: Metrics | None = None,
+    consumers: Callable[[], dict[str, dict[str, Any]]] | None = None,
 ) -> Front:
+    """``consumers`` reports the consumer groups running in this process (``ConsumerSet.health``)
+    for ``/readyz`` and the ``p13n_consumer_state`` metric."""
     config = holder.current
     metrics = metrics or Metrics()
     access_log = access_log or AccessLog(
@@ -94,7 +120,9 @@ def create_app(
     )
     producer = Producer(writer or build_writer(config), config.stream.producer, metrics)
     metrics.watch_queue(lambda: producer.depth)
-    readiness = Readiness(lambda: build_reader(holder.current))
+    readiness = Readiness(lambda: build_reader(holder.current), consumers)
+    if consumers is not None:
+        metrics.watch_consumers(consumers)
     holder.subscribe(lambda old, new: _on_reload(metrics, old, new))
     codec = Codec.packaged()
     events = EventsEndpoint(holder, producer, codec, **({"clock": clock} if clock else {}))
@@ -170,7 +198,10 @@ async def _flush_every(access_log: AccessLog, seconds: float) -> None:
 def _on_reload(metrics: Metrics, old: Config, new: Config) -> None:
     metrics.config_reloads.inc()
     if old.stream != new.stream or old.data_dir != new.data_dir:
-        log.warning("stream settings changed in the config; they take effect after a restart")
+        log.warning(
+            "stream or data folder settings changed in the config; the service and its "
+            "consumers keep the old ones until a restart"
+        )
 
 
 def holder_from_environment() -> ConfigHolder:

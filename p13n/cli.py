@@ -6,13 +6,14 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from schemas.config import Config, validate_document
-from schemas.errors import ConfigError, P13nError
+from schemas.errors import ConfigError, P13nError, Unavailable
 from schemas.sources import ConfigHolder, FileSource, source_for
 
 if TYPE_CHECKING:
@@ -20,15 +21,57 @@ if TYPE_CHECKING:
     from p13n.metrics import Metrics
 
 EXIT_INVALID = 2
+EXIT_NO_PORT = 3  # as uvicorn exits when it cannot bind
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default (not the empty ones)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
 
 def _holder(args: argparse.Namespace) -> ConfigHolder:
-    data_dir = getattr(args, "data_dir", None)
+    """The config every command uses, found the way ``serve`` finds it: ``--config``, else
+    ``$P13N_CONFIG``, else the built-in one; ``--data-dir``, else ``$P13N_DATA_DIR``, else the
+    config's ``dataDir``. Says on stderr which it took, so a command never works on another
+    config or data folder than the operator thinks."""
+    data_dir = getattr(args, "data_dir", None) or os.environ.get("P13N_DATA_DIR") or None
 
     def adjust(config: Config) -> Config:
         return config.with_data_dir(data_dir) if data_dir else config
 
-    return ConfigHolder(source_for(args.config), adjust=adjust)
+    source = source_for(args.config)
+    holder = ConfigHolder(source, adjust=adjust)
+    origin = (
+        "--config" if args.config else "$P13N_CONFIG" if source.name != "builtin" else "built-in"
+    )
+    print(
+        f"p13n: config {source.name} ({origin}), data folder "
+        f"{os.path.abspath(holder.current.data_dir)}",
+        file=sys.stderr,
+    )
+    return holder
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The service's listening socket, bound before anything else starts: a serve that cannot
+    have its port exits here, before it runs any consumer group."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(
+            f"cannot listen on {host}:{port}: {exc.strerror}", code="AddressInUse"
+        ) from exc
+    sock.set_inheritable(True)
+    return sock
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -43,6 +86,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["P13N_CONFIG"] = args.config
     if args.data_dir:
         os.environ["P13N_DATA_DIR"] = args.data_dir
+    try:
+        sock = _listen(args.host, args.port)
+    except Unavailable as exc:
+        print(f"p13n: {exc.message}", file=sys.stderr)
+        return EXIT_NO_PORT
     # After a graceful shutdown uvicorn re-raises the signal that stopped it; with the default
     # handler SIGTERM would then kill the process (exit -15) although the queue was drained.
     # A SIGTERM is an orderly stop: exit 0 (also when it comes before uvicorn is listening).
@@ -50,33 +98,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         # Workers are fresh interpreters: they set up the same JSON logs from this variable.
         os.environ["P13N_LOG_LEVEL"] = args.log_level
-        # Workers are separate processes; the consumers run once, here in the parent.
-        consumers = _embedded_consumers(args, holder.current, None)
+        # Workers are separate processes; the consumers run once, here in the parent, which
+        # follows config changes for them itself (the workers have holders of their own).
+        consumers = _embedded_consumers(args, holder, None)
+        if consumers is not None:
+            holder.start()
         try:
             uvicorn.run(
                 "p13n.app:app_from_environment",
                 factory=True,
-                host=args.host,
-                port=args.port,
+                fd=sock.fileno(),
                 workers=args.workers,
                 log_config=None,
                 access_log=False,
             )
         finally:
+            holder.stop()
             if consumers is not None:
                 consumers.stop()
+            sock.close()
         return 0
     from p13n.app import create_app
     from p13n.metrics import Metrics
 
     metrics = Metrics()
-    app = create_app(holder, metrics=metrics)
-    consumers = _embedded_consumers(args, holder.current, metrics)
+    running: list[ConsumerSet] = []
+    app = create_app(
+        holder,
+        metrics=metrics,
+        consumers=(lambda: running[0].health() if running else {})
+        if _runs_consumers(args, holder.current)
+        else None,
+    )
+    consumers = _embedded_consumers(args, holder, metrics)
+    if consumers is not None:
+        running.append(consumers)
     try:
         uvicorn.run(
             app,
-            host=args.host,
-            port=args.port,
+            fd=sock.fileno(),
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=30,
@@ -84,14 +144,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         if consumers is not None:
             consumers.stop()
+        sock.close()
     return 0
 
 
+def _runs_consumers(args: argparse.Namespace, config: Config) -> bool:
+    return not args.no_consumers and config.stream.type == "embedded"
+
+
 def _embedded_consumers(
-    args: argparse.Namespace, config: Config, metrics: Metrics | None
+    args: argparse.Namespace, holder: ConfigHolder, metrics: Metrics | None
 ) -> ConsumerSet | None:
-    """In embedded mode ``serve`` also runs the consumer groups, unless told not to."""
-    if args.no_consumers or config.stream.type != "embedded":
+    """In embedded mode ``serve`` also runs the consumer groups, unless told not to. A group
+    another process runs on the same data folder waits for it (standby) and takes over."""
+    config = holder.current
+    if not _runs_consumers(args, config):
         return None
     from consumers.supervisor import ConsumerSet
     from streams.factory import build_writer
@@ -100,7 +167,8 @@ def _embedded_consumers(
     # created later, by the workers. Opening a writer creates it (idempotently).
     build_writer(config).close()
     consumers = ConsumerSet(config, metrics=metrics)
-    consumers.start()
+    consumers.follow(holder)
+    consumers.start(wait=True)
     return consumers
 
 
@@ -109,13 +177,17 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from p13n import logs
 
     logs.configure(args.log_level)
-    config = _holder(args).current
-    consumers = ConsumerSet(config, targets=args.target)
+    holder = _holder(args)
+    consumers = ConsumerSet(holder.current, targets=args.target)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
-    consumers.start()
+    # Refuses (exit 1, naming the other runner) unless --wait: then it is a standby.
+    consumers.start(wait=args.wait)
+    consumers.follow(holder)
+    holder.start()
     stopping.wait()
+    holder.stop()
     # Finish the batch in hand, checkpoint it, exit.
     consumers.stop()
     return 0
@@ -215,8 +287,11 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="p13n", description="Real-time personalization layer.")
+    root = argparse.ArgumentParser(
+        prog="p13n", description="Real-time personalization layer.", formatter_class=_Formatter
+    )
     commands = root.add_subparsers(dest="command", required=True)
+    _with_defaults_shown(commands)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
@@ -224,15 +299,16 @@ def parser() -> argparse.ArgumentParser:
             help="config file, or appconfig://APP/ENV/PROFILE (default: $P13N_CONFIG, else built-in)",
         )
         p.add_argument(
-            "--data-dir", help="runtime data folder (default: the config's dataDir, .p13n)"
+            "--data-dir",
+            help="runtime data folder (default: $P13N_DATA_DIR, else the config's dataDir)",
         )
         return p
 
     serve = with_config(commands.add_parser("serve", help="run the HTTP service"))
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--workers", type=_positive, default=1, help="HTTP worker processes")
+    serve.add_argument("--log-level", default="info", help="debug, info, warning or error")
     serve.add_argument(
         "--no-consumers",
         action="store_true",
@@ -244,7 +320,13 @@ def parser() -> argparse.ArgumentParser:
     consume.add_argument(
         "--target", action="append", help="only this target (name or namespace/name); repeatable"
     )
-    consume.add_argument("--log-level", default="info")
+    consume.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    consume.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another process runs a group on this data folder, stand by and take over "
+        "when it stops (default: refuse, exit 1)",
+    )
     consume.set_defaults(func=cmd_consume)
 
     config = commands.add_parser("config", help="work with config documents")
@@ -325,13 +407,45 @@ def parser() -> argparse.ArgumentParser:
         stream_commands.add_parser("tail", help="print decoded records as JSON lines")
     )
     tail.add_argument("--from-start", action="store_true", help="from the oldest retained record")
-    tail.add_argument("--limit", type=int, help="stop after N records")
+    tail.add_argument("--limit", type=_positive, help="stop after N records (N ≥ 1)")
     tail.add_argument("--follow", action="store_true", help="keep waiting for new records")
     tail.set_defaults(func=cmd_stream_tail)
     return root
 
 
+def _with_defaults_shown(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Every parser made from ``commands`` (and from their own sub-commands) shows defaults."""
+    make = commands.add_parser
+
+    def add_parser(*args: object, **kwargs: object) -> argparse.ArgumentParser:
+        kwargs.setdefault("formatter_class", _Formatter)
+        made: argparse.ArgumentParser = make(*args, **kwargs)  # type: ignore[arg-type]
+        add_subparsers = made.add_subparsers
+
+        def nested(**options: object) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+            inner = add_subparsers(**options)  # type: ignore[call-overload]
+            _with_defaults_shown(inner)
+            return inner
+
+        made.add_subparsers = nested  # type: ignore[method-assign]
+        return made
+
+    commands.add_parser = add_parser  # type: ignore[method-assign]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every error ends as one line on stderr and a non-zero exit: 2 for bad input or config,
+    1 for everything else (``P13N_DEBUG=1`` adds the traceback of an unexpected one)."""
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
@@ -342,6 +456,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INVALID
     except P13nError as exc:
         print(f"p13n: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"p13n: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if os.environ.get("P13N_DEBUG"):
+            raise
+        print(
+            f"p13n: unexpected {type(exc).__name__}: {exc} (P13N_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -16,7 +16,12 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -94,6 +99,28 @@ class RequestStats(Collector):
         yield cache
 
 
+CONSUMER_STATES = ("starting", "standby", "running", "paused", "stopped")
+
+
+class ConsumerStates(Collector):
+    """``p13n_consumer_state{group, state}``: 1 for each group's current state, 0 for the
+    others, read from the consumer set when scraped (nothing runs consumers: no series)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], dict[str, dict[str, Any]]] = dict
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "p13n_consumer_state",
+            "Consumer group state (paused: an operator error such as missing AWS credentials)",
+            labels=["group", "state"],
+        )
+        for group, health in sorted(self.source().items()):
+            for state in CONSUMER_STATES:
+                family.add_metric([group, state], 1.0 if health.get("state") == state else 0.0)
+        yield family
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
@@ -111,6 +138,8 @@ class Metrics:
         # scraped (see RequestStats), not in prometheus_client's locked values.
         self.request_stats = RequestStats()
         r.register(self.request_stats)
+        self.consumer_states = ConsumerStates()
+        r.register(self.consumer_states)
         self.events = Counter(
             "p13n_events_accepted", "Events accepted, by namespace", ["namespace"], registry=r
         )
@@ -206,6 +235,9 @@ class Metrics:
         self, route: str, method: str, status: int, seconds: float, code: str | None
     ) -> None:
         self.request_stats.observe(route, method, status, seconds, code)
+
+    def watch_consumers(self, health: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        self.consumer_states.source = health
 
     def watch_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)

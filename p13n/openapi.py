@@ -476,8 +476,14 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["status"],
             "properties": {
-                "status": {"type": "string", "enum": ["ready", "unavailable"]},
+                "status": {"type": "string", "enum": ["ready", "degraded", "unavailable"]},
                 "reason": {"type": "string"},
+                "targets": {
+                    "type": "object",
+                    "description": "Consumer groups run by this process: state "
+                    "(starting, standby, running, paused, stopped), since, reason",
+                    "additionalProperties": {"type": "object"},
+                },
             },
         },
     }

@@ -7,6 +7,8 @@
     │   ├── InvalidRequest         400  malformed or out-of-limit input
     │   ├── Unauthorized           401  no API key
     │   ├── Forbidden              403  wrong API key
+    │   │   └── OperatorError          the deployment, not the data, is wrong (AWS credentials,
+    │   │                              placeholders left in the config): pause, never dead-letter
     │   ├── NotFound               404  unknown namespace, recommender, resource
     │   ├── UnsupportedMediaType   415
     │   ├── PayloadTooLarge        413
@@ -76,6 +78,14 @@ class Unauthorized(PermanentError):
 class Forbidden(PermanentError):
     status = 403
     default_code = "Forbidden"
+
+
+class OperatorError(Forbidden):
+    """AWS credentials missing, expired or refused, or a placeholder (``[REGION]``) left in the
+    config. A ``Forbidden`` to callers, but a consumer pauses its group on it and retries after
+    the operator fixes it; the records are never dead-lettered for it."""
+
+    default_code = "OperatorError"
 
 
 class NotFound(PermanentError):

@@ -7,11 +7,12 @@ p13n error tree with ``raise translate(exc, "what we were doing") from exc``.
 How an error is classified, first match wins:
 
 1. the error code in ``ERROR_CODES`` (codes from Kinesis, Firehose, DynamoDB, S3, Lambda, STS);
-2. a code starting with ``KMS`` or ``AccessDenied``: ``Forbidden``;
+2. a code starting with ``AccessDenied``: ``OperatorError``; with ``KMS``: ``Forbidden``;
 3. the HTTP status: 429 ``Throttled``, 503 ``Unavailable``, other 5xx ``UpstreamError``,
    anything else ``InvalidRequest``.
 
-Transport failures (connection refused or closed, timeouts) are ``Unavailable``.
+Transport failures (connection refused or closed, timeouts) are ``Unavailable``; no credentials
+at all (botocore's ``NoCredentialsError``) is an ``OperatorError``, like a refused signature.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from schemas.errors import (
     Forbidden,
     InvalidRequest,
     NotFound,
+    OperatorError,
     P13nError,
     Throttled,
     Unavailable,
@@ -66,14 +68,19 @@ ERROR_CODES: dict[str, type[P13nError]] = {
     "InvalidRequestContentException": InvalidRequest,
     "SerializationException": InvalidRequest,
     "DryRunOperationException": InvalidRequest,
-    # who we are, or what the key lets us do
-    "AccessDeniedException": Forbidden,
-    "AccessDenied": Forbidden,
-    "UnrecognizedClientException": Forbidden,
-    "InvalidSignatureException": Forbidden,
-    "IncompleteSignature": Forbidden,
-    "ExpiredTokenException": Forbidden,
-    "KMSAccessDeniedException": Forbidden,
+    # who we are, or what the key lets us do: the operator fixes credentials or policies, and
+    # the same records then go through (a consumer pauses on these, never dead-letters)
+    "AccessDeniedException": OperatorError,
+    "AccessDenied": OperatorError,
+    "UnrecognizedClientException": OperatorError,
+    "InvalidSignatureException": OperatorError,
+    "SignatureDoesNotMatch": OperatorError,
+    "IncompleteSignature": OperatorError,
+    "InvalidClientTokenId": OperatorError,
+    "InvalidAccessKeyId": OperatorError,
+    "ExpiredTokenException": OperatorError,
+    "ExpiredToken": OperatorError,
+    "KMSAccessDeniedException": OperatorError,
     "KMSDisabledException": Forbidden,
     "KMSInvalidStateException": Forbidden,
     "KMSNotFoundException": Forbidden,
@@ -130,7 +137,9 @@ def error_class(code: str, status: int | None = None) -> type[P13nError]:
     known = ERROR_CODES.get(code)
     if known is not None:
         return known
-    if code.startswith(("KMS", "AccessDenied")):
+    if code.startswith("AccessDenied"):
+        return OperatorError
+    if code.startswith("KMS"):
         return Forbidden
     if status == 429:
         return Throttled
@@ -161,7 +170,7 @@ def translate(exc: Exception, what: str) -> P13nError:
         # ConnectionError, EndpointConnectionError, ConnectionClosedError, timeouts, proxy/SSL
         return Unavailable(f"{what}: {exc}", code=type(exc).__name__)
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-        return Forbidden(f"{what}: {exc}", code=type(exc).__name__)
+        return OperatorError(f"{what}: {exc}", code=type(exc).__name__)
     if isinstance(exc, ParamValidationError):
         return InvalidRequest(f"{what}: {exc}", code="ParamValidation")
     if isinstance(exc, BotoCoreError | OSError):

@@ -1,13 +1,18 @@
 """Checkpoint stores: where each consumer group has settled each shard.
 
 ``SqliteCheckpointStore`` keeps them in a SQLite file of its own (not the log's file, so
-checkpoint writes never wait on the producer's write lock).
+checkpoint writes never wait on the producer's write lock). ``GroupLock`` keeps a second
+process from running a group on the same checkpoints (DynamoDB checkpoints lease shards
+instead, ``consumers.leases``).
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import time
+import urllib.parse
 
 from schemas.errors import Unavailable
 from streams.base import Position
@@ -54,3 +59,48 @@ class SqliteCheckpointStore:
 
     def close(self) -> None:
         self._conn.close()
+
+
+class GroupLock:
+    """Exclusive right to run one consumer group on one data folder's checkpoints.
+
+    An ``flock`` on ``<directory>/<group, quoted>.lock``: the kernel drops it when the process
+    exits, however it exits, so a crash never leaves a group locked. The file holds a line
+    naming the holder (pid, host, command), so a second runner can say who has it. Two
+    ``GroupLock`` objects conflict even within one process (``flock`` is per open file).
+    """
+
+    def __init__(self, directory: str, group: str) -> None:
+        self.path = os.path.join(directory, urllib.parse.quote(group, safe="") + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self, holder: str) -> bool:
+        """Take the lock without waiting; False when another runner holds it."""
+        if self._fd is not None:
+            return True
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode() + b"\n", 0)
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        """Who holds the lock, as its holder wrote it ("" when unknown)."""
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as file:
+                return file.read().strip()
+        except OSError:
+            return ""
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

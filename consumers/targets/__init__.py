@@ -41,6 +41,11 @@ REGISTRY: Mapping[str, str] = MappingProxyType(
     }
 )
 
+# The types that call AWS: without credentials their groups pause before they start.
+USES_AWS = frozenset(
+    {"personalize-event-tracker", "kinesis-stream", "kinesis-firehose", "lambda", "evidently"}
+)
+
 
 def aws_client(service: str, config: TargetConfig, **options: Any) -> Any:
     """A boto3 client for a target, built in its ``open``. One attempt per call: the runner owns

@@ -40,7 +40,7 @@ import msgspec
 
 from consumers.targets import aws_client
 from schemas.config import TargetConfig
-from schemas.errors import Forbidden, P13nError, Unavailable
+from schemas.errors import OperatorError, P13nError, Unavailable
 from streams.aws import from_code
 
 OPERATION_PATH = "/events"
@@ -182,7 +182,7 @@ class PutEventsClient:
         from botocore.awsrequest import AWSRequest
 
         if self._credentials is None:
-            raise Forbidden(f"{self._what}: no AWS credentials", code="NoCredentialsError")
+            raise OperatorError(f"{self._what}: no AWS credentials", code="NoCredentialsError")
         request = AWSRequest(
             method="POST", url=self.url, data=body, headers={"Content-Type": "application/json"}
         )

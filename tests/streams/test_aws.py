@@ -20,6 +20,7 @@ from schemas.errors import (
     Forbidden,
     InvalidRequest,
     NotFound,
+    OperatorError,
     P13nError,
     Throttled,
     Unavailable,
@@ -49,13 +50,17 @@ EXPECTED: dict[str, type[P13nError]] = {
     "InvalidRequestContentException": InvalidRequest,
     "SerializationException": InvalidRequest,
     "DryRunOperationException": InvalidRequest,
-    "AccessDeniedException": Forbidden,
-    "AccessDenied": Forbidden,
-    "UnrecognizedClientException": Forbidden,
-    "InvalidSignatureException": Forbidden,
-    "IncompleteSignature": Forbidden,
-    "ExpiredTokenException": Forbidden,
-    "KMSAccessDeniedException": Forbidden,
+    "AccessDeniedException": OperatorError,
+    "AccessDenied": OperatorError,
+    "UnrecognizedClientException": OperatorError,
+    "InvalidSignatureException": OperatorError,
+    "SignatureDoesNotMatch": OperatorError,
+    "IncompleteSignature": OperatorError,
+    "InvalidClientTokenId": OperatorError,
+    "InvalidAccessKeyId": OperatorError,
+    "ExpiredTokenException": OperatorError,
+    "ExpiredToken": OperatorError,
+    "KMSAccessDeniedException": OperatorError,
     "KMSDisabledException": Forbidden,
     "KMSInvalidStateException": Forbidden,
     "KMSNotFoundException": Forbidden,
@@ -113,7 +118,7 @@ def test_expired_iterator_is_retryable_with_a_short_code() -> None:
     ("code", "status", "expected"),
     [
         ("KMSSomethingNew", 400, Forbidden),
-        ("AccessDeniedForSomething", 403, Forbidden),
+        ("AccessDeniedForSomething", 403, OperatorError),
         ("SomethingNew", 429, Throttled),
         ("SomethingNew", 503, Unavailable),
         ("SomethingNew", 500, UpstreamError),
@@ -145,7 +150,8 @@ def test_transport_errors_are_unavailable(exc: Exception) -> None:
 
 
 def test_client_side_errors() -> None:
-    assert type(translate(NoCredentialsError(), "x")) is Forbidden
+    # Credentials are the operator's to fix: a consumer pauses on this, never dead-letters.
+    assert type(translate(NoCredentialsError(), "x")) is OperatorError
     assert type(translate(ParamValidationError(report="bad"), "x")) is InvalidRequest
     already = Throttled("slow down")
     assert translate(already, "x") is already
