@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -21,7 +22,7 @@ from typing import Any, TextIO
 
 from consumers.experiment_store import Counters, build_store
 from schemas.config import Config, Recommender
-from schemas.errors import PermanentError
+from schemas.errors import InvalidRequest, PermanentError
 
 Z_95 = 1.959963984540054  # the standard normal quantile of 0.975
 
@@ -300,21 +301,29 @@ def write_plot(results: Sequence[ExperimentResult], path: str) -> None:
             fontsize=10,
         )
         axes.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
-    figure.savefig(path, format="png", dpi=100)
+    try:
+        figure.savefig(path, format="png", dpi=100)
+    except OSError as exc:
+        raise PermanentError(f"--plot {path}: {exc.strerror or exc}", code="PlotFailed") from exc
 
 
 # -- the command ----------------------------------------------------------------------------
 
 
 def cmd_report(args: argparse.Namespace, config: Config, out: TextIO = sys.stdout) -> int:
+    plot = os.path.abspath(args.plot) if args.plot else None
+    if plot is not None and not os.path.isdir(os.path.dirname(plot)):
+        # Checked before any work, so a mistyped folder costs nothing and says so in one line.
+        raise InvalidRequest(f"--plot {args.plot}: no folder {os.path.dirname(plot)}")
     counters = build_store(config).read(args.namespace)
     results = build_report(config, counters, args.namespace)
     if args.format == "json":
         out.write(json.dumps(to_json(results), indent=2) + "\n")
     else:
         write_table(results, out)
-    if args.plot:
-        write_plot(results, args.plot)
+    if plot is not None:
+        write_plot(results, plot)
+        print(f"p13n: wrote the chart to {plot}", file=sys.stderr)
     return 0
 
 

@@ -446,6 +446,13 @@ def add_replay_command(
 def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     if args.rate is not None and args.rate <= 0:
         raise ConfigError("--rate must be positive")
+    if args.source.startswith("file://"):
+        local: str | None = args.source.removeprefix("file://")
+    else:
+        local = None if "://" in args.source else args.source
+    if local is not None and not os.path.exists(local):
+        # Reading nothing from a mistyped path would look like a replay of an empty window.
+        raise ConfigError(f"--source {args.source}: no such file or folder")
     stop = threading.Event()
 
     def stopping(signum: int, frame: FrameType | None) -> None:

@@ -126,7 +126,13 @@ def test_health_readiness_and_metrics(service_factory: Any) -> None:
         health = http.get("/healthz")
         assert (health.status_code, health.json()) == (200, {"status": "ok"})
         ready = http.get("/readyz")
-        assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+        # Issue 13: /readyz also reports the consumer groups this process runs.
+        assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+        assert set(ready.json()["targets"]) == {
+            "demo/interactions",
+            "demo/archive",
+            "demo/experiments",
+        }
 
         before = http.get("/metrics").text
         assert metric(before, "p13n_stream_records_written_total") == 0
