@@ -21,6 +21,13 @@ without an ``item_id`` are ignored. All aggregation runs in SQL.
   items ``r != c``, each over its ``MAX_SESSIONS / RECENT_ITEMS`` (50) most recent sessions.
   Unknown items score 0 and are kept; duplicates are kept.
 
+- ``affinity``: the user's own categories first. With ``categories`` (item id → category, e.g.
+  the ``category`` of each item's metadata), ``share(c)`` is the user's decayed weight on
+  category ``c`` over their total, and ``score(i) = share(category(i)) * pop(i)`` over the unseen
+  popular items (``AFFINITY_POOL`` of them): items of categories the user never touched score 0
+  and come last, by popularity. A user with no categorised history gets ``rerank`` order
+  (affinity by shared sessions) over the same pool instead.
+
 Determinism: same data and clock, same answer. Scores are rounded to 9 decimals before ordering;
 ties go by item id (``recommend``, ``related``) or by input position (``rerank``).
 """
@@ -32,10 +39,11 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 RECENT_ITEMS = 20
+AFFINITY_POOL = 1000
 MAX_SESSIONS = 1000
 POPULARITY_SHARE = 0.1
 _DIGITS = 9
@@ -107,6 +115,14 @@ WITH recent_sessions AS (
 SELECT item_id, SUM({_WEIGHT.format(ts="ts")}) FROM pairs GROUP BY item_id
 """
 
+_USER_ITEMS = f"""
+SELECT item_id, SUM({_WEIGHT.format(ts="ts")}) FROM (
+  SELECT item_id, ts_ms AS ts FROM interactions
+  WHERE namespace = :ns AND user_id = :user LIMIT -1)
+WHERE item_id IS NOT NULL
+GROUP BY item_id
+"""
+
 _CANDIDATE_POPULARITY = f"""
 SELECT item_id, SUM({_WEIGHT.format(ts="ts_ms")})
 FROM interactions
@@ -146,6 +162,35 @@ class LocalRecommender:
             excluded.update(item for item, _ in self._query(_SEEN, ns=namespace, user=user_id))
         rows = self._query(_POPULAR, ns=namespace, limit=n + len(excluded))
         return [(item, score) for item, score in rows if item not in excluded][:n]
+
+    def affinity(
+        self,
+        namespace: str,
+        user_id: str | None,
+        n: int,
+        categories: Callable[[Sequence[str]], Mapping[str, str]],
+    ) -> list[tuple[str, float]]:
+        """Unseen items of the user's own categories first (see the module docstring);
+        ``categories(ids)`` gives the category of the ids it knows."""
+        if n <= 0:
+            return []
+        pool = self.recommend(namespace, user_id, max(n, AFFINITY_POOL))
+        history = self._query(_USER_ITEMS, ns=namespace, user=user_id) if user_id else []
+        known = categories([item for item, _ in history] + [item for item, _ in pool])
+        weights: dict[str, float] = {}
+        for item, weight in history:
+            category = known.get(item)
+            if category is not None:
+                weights[category] = weights.get(category, 0.0) + weight
+        total = sum(weights.values())
+        if total <= 0:
+            return self.rerank(namespace, user_id, [item for item, _ in pool])[:n]
+        scored = [
+            (item, round(weights.get(known.get(item, ""), 0.0) / total * pop, _DIGITS), pop)
+            for item, pop in pool
+        ]
+        scored.sort(key=lambda entry: (-entry[1], -entry[2], entry[0]))
+        return [(item, score) for item, score, _ in scored[:n]]
 
     def related(
         self, namespace: str, item_id: str, n: int, user_id: str | None = None

@@ -3,9 +3,10 @@
 Algorithms (``algorithm`` in the variation; by default the action's natural one):
 
 - recommend-items: ``popularity`` (default) — time-decayed popular items the user has not
-  interacted with; ``affinity`` — the same unseen popular candidates (``CANDIDATES`` times the
-  request, at least 100) reordered by affinity to the user's recent items, so two users see
-  different lists as soon as their histories differ.
+  interacted with; ``affinity`` — unseen popular items weighted by the user's share of
+  interactions in each item's ``category`` (from the item metadata in ``<dataDir>/items.db``),
+  so a user who clicks toys and books is shown toys and books; without categories, the unseen
+  popular items reordered by co-occurrence with the user's recent items.
 - related-items: ``co-occurrence`` (default) — items seen in the same sessions, then popular;
   ``popularity`` — popular items other than the given one.
 - rerank-items: ``affinity`` (default) — affinity to the user's recent items plus popularity;
@@ -19,16 +20,18 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Sequence
 
 import anyio.to_thread
 
 from query.base import Query, Recommendations
 from query.local import LocalRecommender
+from query.metadata.localdb import default_path, read_items
 from query.resolvers import ResolverContext
 from schemas.config import Variation
+from schemas.errors import Unavailable
 
-CANDIDATES = 4
-MIN_CANDIDATES = 100
+CATEGORY = "category"
 DEFAULTS = {
     "recommend-items": "popularity",
     "related-items": "co-occurrence",
@@ -44,6 +47,7 @@ class LocalResolver:
         self._action = context.recommender.action
         self._algorithm = str(variation.options.get("algorithm") or DEFAULTS[self._action])
         half_life = float(variation.options.get("halfLifeDays", 7.0))
+        self._items = default_path(context.config.data_dir)
         self._recommender = LocalRecommender(
             os.path.join(context.config.data_dir, STORE), half_life_days=half_life
         )
@@ -70,14 +74,20 @@ class LocalResolver:
                 return [(item, popular.get(item, 0.0)) for _, item in ranked][:n]
             return local.rerank(ns, query.user_id, query.item_ids)[:n]
         if self._algorithm == "affinity":
-            pool = [
-                item
-                for item, _ in local.recommend(
-                    ns, query.user_id, max(n * CANDIDATES, MIN_CANDIDATES)
-                )
-            ]
-            return local.rerank(ns, query.user_id, pool)[:n]
+            return local.affinity(ns, query.user_id, n, lambda ids: self._categories(ns, ids))
         return local.recommend(ns, query.user_id, n)
+
+    def _categories(self, namespace: str, item_ids: Sequence[str]) -> dict[str, str]:
+        """Each known item's ``category`` from the data dir's item metadata (``items.db``)."""
+        try:
+            found = read_items(self._items, namespace, item_ids)
+        except Unavailable:  # unreadable metadata: rank without categories rather than fail
+            return {}
+        return {
+            item: str(meta[CATEGORY])
+            for item, meta in found.items()
+            if isinstance(meta, dict) and meta.get(CATEGORY) is not None
+        }
 
     async def close(self) -> None:
         return None

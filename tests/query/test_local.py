@@ -186,3 +186,28 @@ def test_results_are_deterministic_with_ties_by_item_id(db) -> None:
 def test_half_life_must_be_positive() -> None:
     with pytest.raises(ValueError):
         LocalRecommender("x.db", half_life_days=0)
+
+
+def test_affinity_ranks_the_users_own_categories_before_popular_ones(db) -> None:
+    # u touched toys three times and books once; "hot" (garden) is the most popular item.
+    rec = db(
+        [("ns", "u", "su", "t1", 0), ("ns", "u", "su", "t1", 0), ("ns", "u", "su", "t2", 0)]
+        + [("ns", "u", "su", "b1", 0)]
+        + [("ns", f"p{i}", f"p{i}", "hot", 0) for i in range(8)]
+        + [("ns", f"q{i}", f"q{i}", "t3", 0) for i in range(2)]
+        + [("ns", f"r{i}", f"r{i}", "b2", 0) for i in range(4)]
+    )
+    category = {"t1": "toys", "t2": "toys", "t3": "toys", "b1": "books", "b2": "books"}
+    category["hot"] = "garden"
+
+    def categories(ids):
+        return {i: category[i] for i in ids if i in category}
+
+    # share(toys) = 3/4, share(books) = 1/4: t3 scores 0.75 * 2, b2 0.25 * 4; garden 0
+    assert rec.affinity("ns", "u", 3, categories) == [("t3", 1.5), ("b2", 1.0), ("hot", 0.0)]
+    # without categorised history: co-occurrence order over the same unseen pool
+    assert (
+        rec.affinity("ns", "u", 2, lambda ids: {}) == rec.rerank("ns", "u", ["hot", "b2", "t3"])[:2]
+    )
+    # a new user: nothing to go on but popularity
+    assert [item for item, _ in rec.affinity("ns", "new", 2, categories)] == ["hot", "b2"]
