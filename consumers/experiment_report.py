@@ -339,6 +339,8 @@ def add_experiments_command(
         subcommands.add_parser("report", help="conversion rates per variation, with significance")
     )
     report.add_argument("--namespace", help="only this namespace")
-    report.add_argument("--format", choices=("table", "json"), default="table")
+    report.add_argument(
+        "--format", choices=("table", "json"), default="table", help="how to print the report"
+    )
     report.add_argument("--plot", metavar="FILE.png", help="also draw the rates as a PNG chart")
     report.set_defaults(func=lambda args: cmd_report(args, config_of(args)))

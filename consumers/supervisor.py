@@ -166,11 +166,12 @@ class _Group:
 
 def _fingerprint(config: Config, target: TargetConfig) -> str:
     """What a group is built from: a change of any of it rebuilds the group on reload."""
-    namespaces = config.document.get("namespaces", {})
+    namespace = dict(config.document.get("namespaces", {}).get(target.namespace) or {})
+    namespace.pop("eventTargets", None)  # the target's own entry is `target`; others are theirs
     return json.dumps(
         [
             repr(target),
-            _plain(namespaces.get(target.namespace)),
+            _plain(namespace),
             _plain(config.consumer),
             config.dead_letter_uri,
             _plain(config.experiment_store),

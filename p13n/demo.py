@@ -172,10 +172,10 @@ def seed(args: argparse.Namespace, config: Config) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
-    parser.add_argument("--namespace", default="demo")
-    parser.add_argument("--users", type=_positive, default=200)
-    parser.add_argument("--items", type=_positive, default=400)
-    parser.add_argument("--events", type=_positive, default=5000)
+    parser.add_argument("--namespace", default="demo", help="the namespace to seed")
+    parser.add_argument("--users", type=_positive, default=200, help="synthetic users")
+    parser.add_argument("--items", type=_positive, default=400, help="catalog items")
+    parser.add_argument("--events", type=_positive, default=5000, help="events to post")
     parser.add_argument("--seed", type=int, default=13, help="random seed (same seed, same data)")
     parser.add_argument("--api-key", help="x-api-key to send when the service requires one")
 
