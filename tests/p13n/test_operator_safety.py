@@ -4,8 +4,10 @@ rebuilds and stops groups, and the CLI says what it uses and fails in one line."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 from collections import Counter
 from collections.abc import Callable
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.consumers import test_faults_e2e
 from tests.consumers.test_faults_e2e import (
@@ -320,3 +323,48 @@ def test_help_shows_defaults() -> None:
     assert "(default: 13)" in seed.stdout and "(default: 5000)" in seed.stdout
     report = run_cli("experiments", "report", "--help")
     assert "(default: table)" in report.stdout
+
+
+# -- 7. the README's demo answer is the seeded demo's -----------------------------------------
+
+
+def readme_answer(marker: str) -> dict[str, Any]:
+    """The example answer printed (as comments) right after the README line with ``marker``."""
+    lines = (Path(__file__).parents[2] / "README.md").read_text().splitlines()
+    at = next(n for n, line in enumerate(lines) if marker in line)
+    shown = []
+    for line in lines[at + 1 :]:
+        if not line.startswith("# "):
+            break
+        shown.append(line[2:])
+    answer: dict[str, Any] = json.loads("".join(shown))
+    return answer
+
+
+def test_the_readme_answer_for_user_0001_is_the_fixed_seed_demos(
+    service_factory: Callable[..., Service],
+) -> None:
+    service = service_factory()  # the built-in config, as the Quick start runs it
+    seeded = service.cli("demo", "seed", "--url", service.url, "--events", "5000", timeout=300)
+    assert seeded.returncode == 0, seeded.stderr[-2000:]
+    store = service.data_dir / "interactions.db"
+
+    def stored() -> bool:
+        if not store.exists():
+            return False
+        with contextlib.closing(sqlite3.connect(store)) as conn:
+            return bool(conn.execute("SELECT count(*) FROM interactions").fetchone()[0] == 5000)
+
+    wait_until(stored, timeout=60)
+    path = "/recommend-items/demo/for-you/user-0001?numResults=3"
+    got = httpx.get(f"{service.url}{path}", timeout=10).json()
+    shown = readme_answer(f"localhost:8000{path}")
+    assert [(i["itemId"], i["metadata"]) for i in got["itemList"]] == [
+        (i["itemId"], i["metadata"]) for i in shown["itemList"]
+    ]
+    assert [i["score"] for i in got["itemList"]] == pytest.approx(
+        [i["score"] for i in shown["itemList"]], rel=0.01
+    )
+    assert got["matchedExperiment"] == shown["matchedExperiment"]
+    # "affinity": the user's own categories (they clicked toys and books most)
+    assert {i["metadata"]["category"] for i in got["itemList"]} <= {"toys", "books"}
