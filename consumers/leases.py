@@ -48,6 +48,7 @@ class ShardLeases:
         self._renewed_at = monotonic()
         self._halt = threading.Event()
         self._renewer: threading.Thread | None = None
+        self._told_waiting = False
 
     def held(self, shards: list[Shard]) -> list[Shard]:
         """Of ``shards`` (in order), those this process holds; renews when due and tries to
@@ -72,6 +73,12 @@ class ShardLeases:
             self._retry_at[shard_id] = now + self.interval
         with self._lock:
             valid = {s for s in held if self._valid_until.get(s, 0.0) > now}
+        # A second runner of the group: say once that it waits, not silently read nothing.
+        if shards and not held and not self._told_waiting:
+            log.info("consumer %s: every shard is leased by another process; waiting", self.group)
+            self._told_waiting = True
+        elif held:
+            self._told_waiting = False
         return [s for s in shards if s.shard_id in valid]
 
     @property

@@ -33,9 +33,9 @@ from schemas.codec import EXPOSURE, INTERACTION
 from schemas.config import Experiment, TargetConfig
 from schemas.errors import (
     ConfigError,
-    Forbidden,
     InvalidRequest,
     NotFound,
+    OperatorError,
     P13nError,
     RetryableError,
     Throttled,
@@ -84,8 +84,8 @@ def classify(status: int, body: bytes, what: str, retry_after: str | None = None
         return Unavailable(text, code=code)
     if status >= 500:
         return UpstreamError(text, code=code)
-    if status in (401, 403):
-        return Forbidden(text, code=code)
+    if status in (401, 403):  # our credentials or their permissions: the operator's to fix
+        return OperatorError(text, code=code)
     if status == 404:
         return NotFound(text, code=code)
     return InvalidRequest(text, code=code)

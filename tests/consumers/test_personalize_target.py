@@ -35,9 +35,9 @@ from consumers.targets.personalize_wire import PutEventsClient, epoch_seconds, e
 from schemas.codec import INTERACTION, Codec
 from schemas.config import TargetConfig, default_document, load_config
 from schemas.errors import (
-    Forbidden,
     InvalidRequest,
     NotFound,
+    OperatorError,
     P13nError,
     PermanentError,
     RetryableError,
@@ -525,7 +525,7 @@ ERROR_ANSWERS: dict[str, tuple[int, str | None, bytes, type[P13nError]]] = {
         403,
         None,
         b'{"Message": "no", "__type": "AccessDeniedException"}',
-        Forbidden,
+        OperatorError,  # issue 13: permissions are the operator's to fix, never dead-lettered
     ),
     "internal failure": (500, None, b'{"__type": "InternalFailure"}', Unavailable),
     "bad gateway, not JSON": (502, None, b"<html>Bad Gateway</html>", UpstreamError),
