@@ -85,24 +85,26 @@ def lock_directory(config: Config) -> str:
     return os.path.join(config.data_dir, "locks")
 
 
+def find_placeholders(value: Any, where: str = "") -> list[str]:
+    """``[PLACEHOLDER]`` strings anywhere in ``value`` (nested mappings and lists), as
+    ``path: string``."""
+    if isinstance(value, str):
+        return [f"{where}: {value}"] if _PLACEHOLDER.search(value) else []
+    found: list[str] = []
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            found += find_placeholders(inner, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list | tuple):
+        for index, inner in enumerate(value):
+            found += find_placeholders(inner, f"{where}[{index}]")
+    return found
+
+
 def placeholders(target: TargetConfig) -> list[str]:
     """``[PLACEHOLDER]`` strings left in a target's settings, as ``key: value``."""
-    found: list[str] = []
-
-    def walk(where: str, value: Any) -> None:
-        if isinstance(value, str):
-            if _PLACEHOLDER.search(value):
-                found.append(f"{where}: {value}")
-        elif isinstance(value, Mapping):
-            for key, inner in value.items():
-                walk(f"{where}.{key}" if where else str(key), inner)
-        elif isinstance(value, list | tuple):
-            for index, inner in enumerate(value):
-                walk(f"{where}[{index}]", inner)
-
-    walk("", dict(target.options))
+    found = find_placeholders(dict(target.options))
     for key in ("endpoint_url", "region", "dead_letter_uri"):
-        walk(key, getattr(target, key))
+        found += find_placeholders(getattr(target, key), key)
     return found
 
 

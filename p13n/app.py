@@ -149,6 +149,7 @@ def create_app(
                 "exposures and conversions flow through the stream to the experiments target",
                 ", ".join(evidently),
             )
+        warn_placeholders(holder.current)
         flusher = asyncio.get_running_loop().create_task(_flush_every(access_log, 1.0))
         try:
             yield
@@ -195,8 +196,32 @@ async def _flush_every(access_log: AccessLog, seconds: float) -> None:
         access_log.flush()
 
 
+def warn_placeholders(config: Config) -> None:
+    """One warning per variation with a ``[PLACEHOLDER]`` left in its settings (the sample
+    project's ``[REGION]``, ``[ACCOUNT]``…): its requests fail until the config is fixed.
+    (Event targets with one pause their consumer group, see ``consumers.supervisor``.)"""
+    from consumers.supervisor import find_placeholders
+
+    for ns in config.namespaces.values():
+        for action, by_name in ns.recommenders.items():
+            for recommender in by_name.values():
+                for variation in recommender.variations.values():
+                    found = find_placeholders(dict(variation.options))
+                    if found:
+                        log.warning(
+                            "variation %s/%s/%s/%s has a placeholder left in the config (%s); "
+                            "its requests fail until it is filled in",
+                            ns.key,
+                            action,
+                            recommender.name,
+                            variation.name,
+                            "; ".join(found),
+                        )
+
+
 def _on_reload(metrics: Metrics, old: Config, new: Config) -> None:
     metrics.config_reloads.inc()
+    warn_placeholders(new)
     if old.stream != new.stream or old.data_dir != new.data_dir:
         log.warning(
             "stream or data folder settings changed in the config; the service and its "

@@ -203,8 +203,20 @@ def test_a_placeholder_pauses_the_group_and_a_reload_that_fills_it_delivers_ever
         "region": "us-east-1",
     }
     group = f"{NS}/personalize"
-    service = service_factory(embedded_config(target))
+    config = embedded_config(target)
+    arn = "arn:aws:personalize:[REGION]:[ACCOUNT]:campaign/for-you"
+    config["namespaces"][NS]["recommenders"] = {
+        "recommend-items": {
+            "for-you": {"variations": {"v1": {"type": "personalize-campaign", "arn": arn}}}
+        }
+    }
+    service = service_factory(config)
     assert service.config_path is not None
+    # Placeholders in variations are warned about at start-up (their requests will fail).
+    assert any(
+        f"variation {NS}/recommend-items/for-you/v1 has a placeholder" in m and arn in m
+        for m in log_messages(service)
+    )
     ids = post_many(service, "p", 8)
     wait_until(lambda: group_state(service, group) == "paused", timeout=15)
     reason = readiness(service)["targets"][group]["reason"]
