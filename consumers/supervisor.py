@@ -427,10 +427,11 @@ class ConsumerSet:
         while not group.stop.is_set():
             consumer: GroupConsumer | None = None
             try:
+                # A placeholder first (build refuses it): credentials would not fix that.
+                consumer = self.build(group.target, group.stop)
                 problem = missing_credentials(group.target, self.config)
                 if problem is not None:
                     raise problem
-                consumer = self.build(group.target, group.stop)
                 if group.state == "paused":
                     log.info("consumer %s: resuming after %s", name, group.reason)
                 group.set("running")
