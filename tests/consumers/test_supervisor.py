@@ -1,0 +1,102 @@
+"""The supervisor's parts: the group lock (against a real second process), placeholder
+detection, and the runner leaving a batch unsettled on an operator error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from consumers.deadletters import FileDeadLetterStore
+from consumers.supervisor import find_placeholders, placeholders
+from schemas.config import TargetConfig
+from schemas.errors import OperatorError
+from streams.base import Entry
+from streams.checkpoints import GroupLock, SqliteCheckpointStore
+from streams.embedded import EmbeddedReader
+from tests.consumers.test_runner import FakeTarget, consumer, embedded, interaction
+from tests.fixtures.service import wait_until
+
+__all__ = ["embedded"]  # the fixture, used by name
+
+
+def test_a_group_lock_is_exclusive_names_its_holder_and_frees_on_release(tmp_path: Path) -> None:
+    first = GroupLock(str(tmp_path / "locks"), "shop/archive")
+    second = GroupLock(str(tmp_path / "locks"), "shop/archive")
+    other = GroupLock(str(tmp_path / "locks"), "shop/other")
+    assert first.acquire("pid 1 on a: p13n serve")
+    assert first.acquire("again")  # already held by this object: still true, text unchanged
+    assert not second.acquire("pid 2 on b: p13n consume")
+    assert second.holder() == "pid 1 on a: p13n serve"
+    assert other.acquire("pid 1 on a: p13n serve")  # groups lock apart
+    first.release()
+    assert second.acquire("pid 2 on b: p13n consume")
+    assert first.holder() == "pid 2 on b: p13n consume"
+    second.release()
+    other.release()
+    assert Path(first.path).name == "shop%2Farchive.lock"
+
+
+def test_a_group_lock_dies_with_its_process(tmp_path: Path) -> None:
+    directory = str(tmp_path / "locks")
+    script = (
+        "import sys\n"
+        "from streams.checkpoints import GroupLock\n"
+        f"assert GroupLock({directory!r}, 'g').acquire('child')\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            mine = GroupLock(directory, "g")
+            assert not mine.acquire("parent")
+            assert mine.holder() == "child"
+            holder.kill()  # no clean release: the kernel drops the lock
+            holder.wait(10)
+            wait_until(lambda: mine.acquire("parent"), timeout=10)
+            mine.release()
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+
+
+def test_placeholders_are_found_in_nested_settings_but_not_in_ipv6_hosts() -> None:
+    target = TargetConfig(
+        type="http",
+        name="hook",
+        namespace="shop",
+        options={"url": "http://[::1]:8080/x", "headers": {"x-key": "[API_KEY]"}},
+        region="[REGION]",
+    )
+    assert placeholders(target) == ["headers.x-key: [API_KEY]", "region: [REGION]"]
+    assert find_placeholders({"a": ["ok", "arn:aws:x:[REGION]:1"]}) == [
+        "a[1]: arn:aws:x:[REGION]:1"
+    ]
+
+
+def test_an_operator_error_leaves_the_batch_unsettled_and_uncounted(embedded) -> None:
+    writer, path, tmp = embedded
+    writer.put_batch([Entry("s", interaction("s", n)) for n in range(5)])
+    denied = FakeTarget(lambda delivery, attempt: OperatorError("no credentials"))
+    group = consumer(denied, path, tmp)
+    with pytest.raises(OperatorError):
+        group.poll_once()
+    group.reader.close()
+    assert list(FileDeadLetterStore(str(tmp / "dead")).list()) == []
+    checkpoints = SqliteCheckpointStore(str(tmp / "checkpoints.db"))
+    reader = EmbeddedReader(path)
+    assert all(checkpoints.load("shop/fake", s.shard_id) is None for s in reader.list_shards())
+    reader.close()
+    checkpoints.close()
+    # Once fixed, a rebuilt consumer delivers the same records, in order, from the start.
+    fixed = FakeTarget()
+    again = consumer(fixed, path, tmp)
+    while again.poll_once():
+        pass
+    assert fixed.delivered == [f"s-{n}" for n in range(5)]
+    assert denied.attempts["s-0"] == 1  # no retry loop spent on it
