@@ -49,11 +49,10 @@ def _holder(args: argparse.Namespace) -> ConfigHolder:
     origin = (
         "--config" if args.config else "$P13N_CONFIG" if source.name != "builtin" else "built-in"
     )
-    print(
-        f"p13n: config {source.name} ({origin}), data folder "
-        f"{os.path.abspath(holder.current.data_dir)}",
-        file=sys.stderr,
-    )
+    folder = os.path.abspath(holder.current.data_dir)
+    # A folder nothing ever ran in is the usual sign of the wrong --data-dir or config.
+    missing = "" if os.path.isdir(folder) else " (does not exist yet)"
+    print(f"p13n: config {source.name} ({origin}), data folder {folder}{missing}", file=sys.stderr)
     return holder
 
 
