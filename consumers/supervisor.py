@@ -212,6 +212,8 @@ class ConsumerSet:
         # With the default checkpoint factory and SQLite checkpoints, the data folder's group
         # locks decide who runs a group; leased (DynamoDB) or injected checkpoints do not lock.
         self._locking = checkpoints is None and config.checkpoints.get("type", "sqlite") == "sqlite"
+        # Replaced whole, never changed in place, so health() reads it without the mutex (it
+        # runs on the event loop; a reload holds the mutex while groups finish their batch).
         self._groups: dict[str, _Group] = {}
         self._mutex = threading.Lock()
         self._wait = True
@@ -284,7 +286,7 @@ class ConsumerSet:
         group.thread = threading.Thread(
             target=self._run, args=(group,), name=f"consumer {group.target.group}", daemon=True
         )
-        self._groups[group.target.group] = group
+        self._groups = {**self._groups, group.target.group: group}
         group.thread.start()
 
     def _holder(self) -> str:
@@ -313,8 +315,7 @@ class ConsumerSet:
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Each group's state, with the reason when it is not running."""
-        with self._mutex:
-            groups = list(self._groups.values())
+        groups = list(self._groups.values())
         report: dict[str, dict[str, Any]] = {}
         for g in groups:
             entry: dict[str, Any] = {"state": g.state, "since": round(g.since, 3)}
@@ -369,8 +370,7 @@ class ConsumerSet:
                 if key in wanted and wanted[key].fingerprint != g.fingerprint
             ]
             self._halt([*gone, *changed], 30.0)
-            for g in gone:
-                del self._groups[g.target.group]
+            self._groups = {k: g for k, g in self._groups.items() if k in wanted}
             rebuilt = {g.target.group for g in changed}
             started = [key for key in wanted if key not in self._groups]
             for key in [*started, *sorted(rebuilt)]:
