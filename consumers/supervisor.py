@@ -216,7 +216,6 @@ class ConsumerSet:
         # runs on the event loop; a reload holds the mutex while groups finish their batch).
         self._groups: dict[str, _Group] = {}
         self._mutex = threading.Lock()
-        self._wait = True
 
     def build(self, target: TargetConfig, stop: threading.Event | None = None) -> GroupConsumer:
         config = self.config
@@ -257,7 +256,6 @@ class ConsumerSet:
         """Start every group. A group another process runs on this data folder waits for it
         (``wait``, as ``serve`` does) or, with ``wait=False``, nothing starts and
         ``Unavailable`` (code ``ConsumerGroupBusy``) names who holds which group."""
-        self._wait = wait
         groups = [self._group(self.config, target) for target in self.targets]
         if not wait:
             busy = [g for g in groups if g.lock is not None and not g.lock.acquire(self._holder())]
