@@ -42,13 +42,14 @@ from query.breaker import Breaker
 from query.caching import Entry, Policy, ResponseCache, make_etag, still_fresh
 from query.metadata import MetadataContext, build_metadata
 from query.postprocess import PostProcessor, look_ahead
-from query.resolvers import ResolverContext, build_resolver
+from query.resolvers import ERROR_TYPES, ResolverContext, build_resolver
 from query.variations import Choice, choose
 from schemas.codec import EXPOSURE, Codec
 from schemas.config import Config, Namespace, Recommender, Variation
 from schemas.errors import (
     NotFound,
     P13nError,
+    RetryableError,
     Throttled,
     Unavailable,
     UpstreamError,
@@ -179,7 +180,7 @@ class _Built:
         key = (ns.key, rec.action, rec.name)
         found = self.post_processors.get(key)
         if found is None:
-            found = PostProcessor(rec.response_post_processor)
+            found = PostProcessor(rec.response_post_processor, rec)
             self.post_processors[key] = found
         return found
 
@@ -331,7 +332,10 @@ class QueryService:
         post = built.post_processor(ns, rec)
         if post is not None:
             answer = await self._bounded(
-                post.apply(query, served.name, wanted, answer), 5.0, "response post-processor"
+                post.apply(query, served, wanted, answer),
+                5.0,
+                "response post-processor",
+                "Function",
             )
         document = answer.body(query.shape)
         document[query.shape] = document[query.shape][:wanted]
@@ -371,13 +375,17 @@ class QueryService:
                     f"variation '{variation.name}' is failing; its circuit is open",
                     code="CircuitOpen",
                     retry_after=breaker.retry_after(),
+                    type_=ERROR_TYPES.get(variation.type),
                 )
                 continue
             resolver = built.resolver(ns, rec, variation)
             started = time.perf_counter()
             try:
                 answer = await self._bounded(
-                    resolver.resolve(query), variation.timeout_ms / 1000, "recommender"
+                    resolver.resolve(query),
+                    variation.timeout_ms / 1000,
+                    "recommender",
+                    ERROR_TYPES.get(variation.type, "Recommender"),
                 )
             except P13nError as exc:
                 self._observer.backend(variation.type, exc.code, time.perf_counter() - started)
@@ -396,18 +404,26 @@ class QueryService:
         assert first_error is not None
         raise first_error
 
-    async def _bounded(self, work: Any, seconds: float, what: str) -> Any:
+    async def _bounded(self, work: Any, seconds: float, what: str, source: str) -> Any:
         """``work`` with a deadline; anything but a ``P13nError`` escaping a backend becomes a
-        502 that names no internals (the traceback goes to the log)."""
+        502 that names no internals (the traceback goes to the log). A backend's failure
+        (retryable: throttled, timed out, failed) carries ``source`` as its error type, the
+        sample's ``Personalize``, ``Function``, ``SageMaker``...; the caller's own mistakes
+        stay ``Validation``."""
         try:
             return await asyncio.wait_for(work, seconds + TIMEOUT_SLACK_SECONDS)
         except TimeoutError:
-            raise UpstreamTimeout(f"the {what} did not answer within {seconds:g} s") from None
+            raise UpstreamTimeout(
+                f"the {what} did not answer within {seconds:g} s", type_=source
+            ) from None
+        except RetryableError as exc:
+            exc.type = source
+            raise
         except P13nError:
             raise
         except Exception as exc:
             log.error("unexpected failure of the %s", what, exc_info=exc)
-            raise UpstreamError(f"the {what} failed") from None
+            raise UpstreamError(f"the {what} failed", type_=source) from None
 
     async def _decorate(
         self, built: _Built, settings: Mapping[str, Any], query: Query, answer: Recommendations

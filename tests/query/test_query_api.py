@@ -72,20 +72,31 @@ def test_every_bad_parameter_is_a_400_naming_it(service_factory: ServiceFactory)
     service = service_factory(extra_args=("--no-consumers",))
     with service.client() as client:
         base = "/recommend-items/demo/for-you/u1"
-        for query, named in [
-            ("numResults=0", "numResults"),
-            ("numResults=501", "numResults"),
-            ("numResults=x", "numResults"),
-            ("context={oops", "context"),
-            ("filterValues=[1]", "filterValues"),
-            ("feature=nope", "nope"),
+        # (query, named in the message, the sample project's code or one in its style)
+        for query, named, code in [
+            ("numResults=0", "numResults", "InvalidNumResultsParameter"),
+            ("numResults=x", "numResults", "InvalidNumResultsParameter"),
+            ("context={oops", "context", "InvalidContextParameter"),
+            ('context={"n":1}', "context", "InvalidContextParameter"),
+            ("filterValues=[1]", "filterValues", "InvalidFilterParameter"),
+            ("feature=nope", "nope", "InvalidExperimentFeature"),
         ]:
             body = error_of(client.get(f"{base}?{query}"), 400)
             assert named in body["message"], (query, body)
+            assert (body["type"], body["code"]) == ("Validation", code), (query, body)
         long_user = error_of(client.get("/recommend-items/demo/for-you/" + "u" * 300), 400)
         assert "userId" in long_user["message"]
+        assert long_user["code"] == "InvalidUserIdParameter"
         bad_list = error_of(client.get("/rerank-items/demo/ranking/u1/a,,b"), 400)
         assert "itemIds[1]" in bad_list["message"]
+        # Above 500 is 500, as the sample capped it; a feature is ignored where nothing is
+        # evaluated (no user on related-items, a recommender without experiments).
+        capped = client.get(f"{base}?numResults=600")
+        assert capped.status_code == 200, capped.text
+        assert len(capped.json()["itemList"]) <= 500
+        for ignored in ("/related-items/demo/similar/i1?feature=nope",):
+            reply = client.get(ignored)
+            assert reply.status_code == 200, (ignored, reply.text)
 
 
 def test_unknown_namespace_recommender_or_action_is_a_404(
@@ -98,7 +109,8 @@ def test_unknown_namespace_recommender_or_action_is_a_404(
             "/recommend-items/demo/nope/u1",
             "/related-items/demo/for-you/i1",  # for-you is a recommend-items recommender
         ):
-            assert error_of(client.get(path), 404)["code"] == "RecommenderNotConfigured"
+            body = error_of(client.get(path), 404)
+            assert (body["type"], body["code"]) == ("Configuration", "RecommenderNotConfigured")
 
 
 def test_rerank_post_body_errors_and_no_store(service_factory: ServiceFactory) -> None:
