@@ -39,7 +39,7 @@ import msgspec
 from query import params as query_params
 from query.base import ItemMetadata, Query, Recommendations, Resolver
 from query.breaker import Breaker
-from query.caching import Entry, Policy, ResponseCache, make_etag, still_fresh
+from query.caching import Entry, Policy, ResponseCache, make_etag, still_fresh, url_tag
 from query.metadata import MetadataContext, build_metadata
 from query.postprocess import PostProcessor, look_ahead
 from query.resolvers import ERROR_TYPES, ResolverContext, build_resolver
@@ -130,6 +130,7 @@ class _Plan:
     choice: Choice
     policy: Policy
     params_key: str
+    url_tag: str  # what binds this URL's ETags to it
 
 
 # Plans remembered per config (by action, path and query string); emptied when full.
@@ -229,7 +230,9 @@ class QueryService:
             if rules.fields
             else None
         )
-        if policy.cacheable and still_fresh(request.headers.get("if-none-match"), now):
+        if policy.cacheable and still_fresh(
+            request.headers.get("if-none-match"), now, plan.url_tag
+        ):
             self._observer.cache("not-modified")
             return Answer(304, b"", self._cache_headers(policy, request.headers["if-none-match"]))
 
@@ -239,7 +242,9 @@ class QueryService:
                 asked = replace(asked, headers=request.headers)
             if auto:
                 asked = asked.with_context(MappingProxyType({**auto, **asked.context}))
-            return await self._compute(built, plan.ns, plan.rec, choice, asked, policy)
+            return await self._compute(
+                built, plan.ns, plan.rec, choice, asked, policy, plan.url_tag
+            )
 
         # The auto-context values too: one URL asked from a phone and from a desktop may be
         # answered differently.
@@ -294,7 +299,10 @@ class QueryService:
         policy = Policy.for_query(
             choice.variation.cache_control, query, no_store=request.body is not None
         )
-        plan = _Plan(ns, rec, query, choice, policy, query_params.normalised(request.params))
+        params_key = query_params.normalised(request.params)
+        plan = _Plan(
+            ns, rec, query, choice, policy, params_key, url_tag(request.url_path, params_key)
+        )
         # Only a cacheable answer is asked for again cheaply enough for the plan to matter; the
         # plans of uncached misses (a user each) would only pile up for the collector.
         if key is not None and policy.cacheable:
@@ -322,6 +330,7 @@ class QueryService:
         choice: Choice,
         query: Query,
         policy: Policy,
+        url: str,
     ) -> Entry:
         wanted = query.num_results
         asked = look_ahead(rec.response_post_processor, wanted)
@@ -348,7 +357,7 @@ class QueryService:
         mono = time.monotonic()
         return Entry(
             body=body,
-            etag=make_etag(body, expires) if expires is not None else None,
+            etag=make_etag(body, expires, url) if expires is not None else None,
             variation=served.name,
             fallback=fell_back,
             created=mono,

@@ -158,8 +158,22 @@ def test_cache_headers_by_user_kind_and_304_while_the_etag_is_fresh(
         assert not_modified.status_code == 304 and not_modified.content == b""
         assert not_modified.headers["etag"] == etag
         expired = etag.rsplit("-", 1)[0] + '-1000"'
-        fresh = client.get("/recommend-items/shop/recs/u1", headers={"if-none-match": expired})
+        fresh = client.get(
+            "/recommend-items/shop/recs/u1?numResults=3", headers={"if-none-match": expired}
+        )
         assert fresh.status_code == 200
+        # The tag is bound to its URL: unknown parameters aside, another URL is answered.
+        same = client.get(
+            "/recommend-items/shop/recs/u1?utm=x&numResults=3", headers={"if-none-match": etag}
+        )
+        assert same.status_code == 304
+        for other in (
+            "/recommend-items/shop/recs/u2?numResults=3",
+            "/recommend-items/shop/recs/u1",
+        ):
+            reply = client.get(other, headers={"if-none-match": etag})
+            assert reply.status_code == 200, other
+            assert reply.json()["itemList"] and reply.headers["etag"] != etag
         synthetic = client.get("/recommend-items/shop/recs/u2?syntheticUser=true")
         assert synthetic.headers["cache-control"] == "public,max-age=300"
 
