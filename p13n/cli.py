@@ -35,6 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from p13n import logs
+    from p13n.protocol import JsonErrorsProtocol  # malformed requests get the JSON error body
 
     logs.configure(args.log_level)
     # Validate before forking workers: a bad config fails here, at once, with its reasons.
@@ -59,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 host=args.host,
                 port=args.port,
                 workers=args.workers,
+                http=JsonErrorsProtocol,
                 log_config=None,
                 access_log=False,
             )
@@ -77,6 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             app,
             host=args.host,
             port=args.port,
+            http=JsonErrorsProtocol,
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=30,
