@@ -238,7 +238,8 @@ def test_recommender_failures_map_to_gateway_errors(
     fake_recommender.set(**behaviour)
     with service.client() as client:
         reply = client.get("/recommend-items/shop/recs/u1")
-        error_of(reply, status)
+        # The backend's failure is typed by the backend, as the sample typed Personalize's.
+        assert error_of(reply, status)["type"] == "Http"
         if status == 429:
             assert int(reply.headers["retry-after"]) >= 1
 
@@ -276,6 +277,9 @@ def test_exposures_are_written_for_experiment_choices(
             assert reply.status_code == 200, reply.text
             matched = reply.json()["matchedExperiment"]
             assert matched["feature"] == "ab"
+            # The sample's keys beside p13n's.
+            assert (matched["type"], matched["method"]) == ("local", "local")
+            assert matched["details"] == {"experiment": "ab", "treatment": matched["variation"]}
             chosen[f"user-{n}"] = (matched["variation"], reply.json().get("recommendationId"))
     assert {v for v, _ in chosen.values()} == {"remote", "backup"}
 
