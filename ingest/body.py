@@ -63,7 +63,10 @@ def decode_body(raw: bytes) -> EventsBody:
     try:
         return _decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"Invalid request body: {exc}") from None
+        # The sample project's code for a malformed conversion; PutEvents' for the rest.
+        where = "$.experimentConversions"
+        code = "InvalidExperimentConversions" if where in str(exc) else None
+        raise InvalidRequest(f"Invalid request body: {exc}", code=code) from None
     except msgspec.DecodeError as exc:
         reason = str(exc)
         if "byte" not in reason:  # truncation: the position is the end of the input

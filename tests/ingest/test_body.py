@@ -74,6 +74,10 @@ def test_invalid_bodies_name_the_field(raw, message):
         decode_body(raw)
     assert message in caught.value.message
     assert caught.value.status == 400
+    # The sample project's codes: its own for conversions, PutEvents' for the rest.
+    conversions = "experimentConversions" in message
+    expected = "InvalidExperimentConversions" if conversions else "ValidationError"
+    assert caught.value.code == expected
 
 
 @pytest.mark.parametrize(
