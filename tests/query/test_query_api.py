@@ -121,10 +121,13 @@ def test_rerank_post_body_errors_and_no_store(service_factory: ServiceFactory) -
         assert ok.status_code == 200, ok.text
         assert [i["itemId"] for i in ok.json()["personalizedRanking"]] == ["b", "a", "b"]
         assert ok.headers["cache-control"] == "no-store" and "etag" not in ok.headers
-        error_of(
+        not_json = error_of(
             client.post(url, content=b"[1,", headers={"content-type": "application/json"}), 400
         )
-        error_of(client.post(url, json={"items": ["a"]}), 400)
+        assert not_json["code"] == "InvalidJSONRequestPayload"  # the sample project's codes
+        assert error_of(client.post(url, json={"items": ["a"]}), 400)["code"] == (
+            "InvalidRequestPayload"
+        )
         error_of(client.post(url, content=b'["a"]', headers={"content-type": "text/plain"}), 415)
         huge = json.dumps(["x" * 200] * 2000).encode()
         error_of(client.post(url, content=huge, headers={"content-type": "application/json"}), 413)
