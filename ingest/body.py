@@ -2,7 +2,9 @@
 
 Decoding checks types and the per-field limits of Amazon Personalize PutEvents (the botocore
 model states them; botocore does not enforce them client-side, so we do, here, before anything
-is written). Unknown fields are refused so that a typo is an error, not silently lost data.
+is written). Unknown fields are refused so that a typo is an error, not silently lost data;
+``trackingId``, which clients of the sample may still send, is accepted and ignored (the event
+tracker is the config's business).
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ class Event(msgspec.Struct, forbid_unknown_fields=True):
 
 class Conversion(msgspec.Struct, forbid_unknown_fields=True):
     recommender: Id
-    feature: Id
-    metric: Id
+    # Either may be left out when the recommender has one experiment / the experiment one metric.
+    feature: Id | None = None
+    metric: Id | None = None
     value: float | None = None
 
 
@@ -48,6 +51,8 @@ class EventsBody(msgspec.Struct, forbid_unknown_fields=True):
     userId: Id | None = None
     eventList: Annotated[list[Event], msgspec.Meta(max_length=10)] = []
     experimentConversions: Annotated[list[Conversion], msgspec.Meta(max_length=100)] = []
+    # The sample's clients send the Personalize tracking id; the config names the tracker here.
+    trackingId: str | None = None
 
 
 _decoder = msgspec.json.Decoder(EventsBody)
@@ -58,11 +63,14 @@ def decode_body(raw: bytes) -> EventsBody:
     try:
         return _decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"Invalid request body: {exc}") from None
+        # The sample project's code for a malformed conversion; PutEvents' for the rest.
+        where = "$.experimentConversions"
+        code = "InvalidExperimentConversions" if where in str(exc) else None
+        raise InvalidRequest(f"Invalid request body: {exc}", code=code) from None
     except msgspec.DecodeError as exc:
         reason = str(exc)
         if "byte" not in reason:  # truncation: the position is the end of the input
             reason = f"{reason} (at byte {len(raw)})"
         raise InvalidRequest(
-            f"Request body is not valid JSON: {reason}", code="MalformedJson"
+            f"Request body is not valid JSON: {reason}", code="InvalidJSONRequestPayload"
         ) from None

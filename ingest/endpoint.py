@@ -1,4 +1,9 @@
-"""``POST /events/{namespace}``: validate, encode, and answer 202 once the record is durable."""
+"""``POST /events/{namespace}``: validate, encode, and answer 202 once the record is durable.
+
+The answer is ``{"accepted": <events>, "recordId": <hex>}`` with ``Cache-Control: no-store``
+(as the sample sent). A request with nothing in it (``{}``, empty lists) writes nothing and is
+answered ``{"accepted": 0, "recordId": null}``: the sample answered it as a success too.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ class EventsEndpoint:
         answer = await self._accept(
             request.path_params["namespace"], request.scope["headers"], request.receive
         )
-        return Response(answer, status_code=202, media_type="application/json")
+        return Response(answer, status_code=202, media_type="application/json", headers=_NO_STORE)
 
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The endpoint as a plain ASGI app for a request its route matched
@@ -68,6 +73,8 @@ class EventsEndpoint:
         raw = await receive_body(receive, headers.get("content-length"), config.max_body_bytes)
         body = decode_body(raw)
         accepted = build_record(body, namespace, config, headers, self._clock())
+        if accepted.record is None:
+            return _NOTHING
         data = self._codec.encode(
             INTERACTION, without_partition_key(dict(accepted.record), accepted.partition_key)
         )
@@ -76,9 +83,18 @@ class EventsEndpoint:
         return msgspec.json.encode(answer)
 
 
+_NO_STORE = {"cache-control": "no-store"}
+_NOTHING = msgspec.json.encode({"accepted": 0, "recordId": None})
+
+
 def _answer_headers(body: bytes) -> list[tuple[bytes, bytes]]:
-    # What Starlette's Response(media_type="application/json") sends, in its order.
-    return [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+    # What Starlette's Response(media_type="application/json", headers=_NO_STORE) sends, in its
+    # order.
+    return [
+        (b"cache-control", b"no-store"),
+        (b"content-length", str(len(body)).encode()),
+        (b"content-type", b"application/json"),
+    ]
 
 
 def _check_content_type(value: str | None) -> None:

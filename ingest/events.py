@@ -27,10 +27,12 @@ _PROPERTIES_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, a
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A record ready to write, and what to answer once it is durable."""
+    """A record ready to write, and what to answer once it is durable. ``record`` is None for
+    a request with nothing in it (``{}``, empty lists): answered as a success, nothing written,
+    as the sample project did."""
 
     partition_key: str
-    record: dict[str, Any]
+    record: dict[str, Any] | None
     events: int
 
 
@@ -44,63 +46,93 @@ def build_record(
     if not namespace.takes_events:
         raise NotFound(
             f"Namespace '{namespace.key}' has no event targets configured",
-            code="EventTargetsNotConfigured",
+            code="NamespaceEventTargetsNotFound",
         )
     if not body.eventList and not body.experimentConversions:
-        raise InvalidRequest("The request needs 'eventList' or 'experimentConversions' (or both)")
-    if body.sessionId is None:
-        raise InvalidRequest("'sessionId' is required")
-    if config.partition_key == "userId" and body.userId is None:
-        raise InvalidRequest("'userId' is required (it is this service's partition key)")
+        return Accepted("", None, 0)
     if body.experimentConversions and body.userId is None:
-        raise InvalidRequest("'userId' is required with 'experimentConversions'")
-    for index, conversion in enumerate(body.experimentConversions):
-        _check_conversion(
-            namespace, conversion.recommender, conversion.feature, conversion.metric, index
+        raise InvalidRequest(
+            "'userId' is required with 'experimentConversions'", code="UserIdRequired"
         )
+    # Personalize needs a session for events; conversions alone are keyed by their user.
+    if body.eventList and body.sessionId is None:
+        raise InvalidRequest("'sessionId' is required with 'eventList'")
+    key_field = config.partition_key if body.sessionId is not None else "userId"
+    if key_field == "userId" and body.userId is None:
+        raise InvalidRequest("'userId' is required (it is this service's partition key)")
+    conversions = [
+        _conversion(namespace, c.recommender, c.feature, c.metric, c.value, index)
+        for index, c in enumerate(body.experimentConversions)
+    ]
 
     now_ms = int(now.timestamp() * 1000)
     auto = namespace.auto_context.for_event(headers, now) if body.eventList else {}
     events = [_event(event, index, auto, now_ms) for index, event in enumerate(body.eventList)]
-    partition_key = body.userId if config.partition_key == "userId" else body.sessionId
+    # Set, for either field: checked above.
+    partition_key = (body.userId if key_field == "userId" else body.sessionId) or ""
     record = {
         "recordId": new_record_id(now_ms),
         "namespace": namespace.key,
         "receivedAt": now_ms,
-        "partitionKeyField": config.partition_key,
-        "sessionId": body.sessionId,
+        "partitionKeyField": key_field,
+        "sessionId": body.sessionId or "",
         "userId": body.userId,
         "eventList": events,
-        "experimentConversions": [
-            {
-                "recommender": c.recommender,
-                "feature": c.feature,
-                "metric": c.metric,
-                "value": c.value,
-            }
-            for c in body.experimentConversions
-        ],
+        "experimentConversions": conversions,
         "context": request_context(headers),
     }
-    return Accepted(partition_key or body.sessionId, record, len(events))
+    return Accepted(partition_key, record, len(events))
 
 
-def _check_conversion(
-    namespace: Namespace, recommender: str, feature: str, metric: str, index: int
-) -> None:
+def _conversion(
+    namespace: Namespace,
+    recommender: str,
+    feature: str | None,
+    metric: str | None,
+    value: float | None,
+    index: int,
+) -> dict[str, Any]:
+    """The conversion with its feature and metric named (filled in where the config leaves
+    only one choice), or the sample project's 400 for what does not match the config."""
     where = f"experimentConversions[{index}]"
     found = namespace.recommender_named(recommender)
     if found is None:
         raise InvalidRequest(
-            f"{where}: recommender '{recommender}' is not configured in '{namespace.key}'"
+            f"{where}: recommender '{recommender}' is not configured in '{namespace.key}'",
+            code="InvalidRecommender",
         )
+    if not found.experiments:
+        raise InvalidRequest(
+            f"{where}: recommender '{recommender}' has no experiments",
+            code="ExperimentsNotFound",
+        )
+    if feature is None:
+        if len(found.experiments) > 1:
+            raise InvalidRequest(
+                f"{where}: recommender '{recommender}' has several experiments; name the 'feature'",
+                code="InvalidExperimentFeature",
+            )
+        feature = next(iter(found.experiments))
     experiment = found.experiments.get(feature)
     if experiment is None:
         raise InvalidRequest(
-            f"{where}: recommender '{recommender}' has no experiment feature '{feature}'"
+            f"{where}: recommender '{recommender}' has no experiment feature '{feature}'",
+            code="InvalidExperimentFeature",
         )
+    if metric is None:
+        if len(experiment.metrics) != 1:
+            raise InvalidRequest(
+                f"{where}: feature '{feature}' has {len(experiment.metrics)} metrics; name the "
+                "'metric'",
+                code="InvalidExperimentMetric",
+            )
+        metric = next(iter(experiment.metrics))
     if metric not in experiment.metrics:
-        raise InvalidRequest(f"{where}: feature '{feature}' has no metric '{metric}'")
+        raise InvalidRequest(
+            f"{where}: feature '{feature}' has no metric '{metric}'",
+            code="InvalidExperimentMetric",
+        )
+    return {"recommender": recommender, "feature": feature, "metric": metric, "value": value}
 
 
 def _event(event: Event, index: int, auto: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
@@ -134,6 +166,8 @@ def _properties(
     given: str | dict[str, Any] | None, auto: Mapping[str, Any], index: int
 ) -> str | None:
     where = f"eventList[{index}].properties"
+    if given == "":  # the sample's clients send an empty string for "no properties"
+        given = None
     if isinstance(given, str):
         try:
             parsed = json.loads(given)

@@ -77,6 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from p13n import logs
+    from p13n.protocol import JsonErrorsProtocol  # malformed requests get the JSON error body
 
     logs.configure(args.log_level)
     # Validate before forking workers: a bad config fails here, at once, with its reasons.
@@ -108,6 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 factory=True,
                 fd=sock.fileno(),
                 workers=args.workers,
+                http=JsonErrorsProtocol,
                 log_config=None,
                 access_log=False,
             )
@@ -136,6 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run(
             app,
             fd=sock.fileno(),
+            http=JsonErrorsProtocol,
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=30,

@@ -22,8 +22,8 @@ log = logging.getLogger("p13n.http")
 ERROR_CODE_KEY = "p13n.error_code"
 
 _HTTP_CODES = {
-    404: ("ClientError", "NotFound", "No such route"),
-    405: ("ClientError", "MethodNotAllowed", "Method not allowed on this route"),
+    404: ("Validation", "NotFound", "No such route"),
+    405: ("Validation", "MethodNotAllowed", "Method not allowed on this route"),
 }
 
 
@@ -55,7 +55,7 @@ async def p13n_error(request: Request, exc: Exception) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # registered for this class only
     type_, code, message = _HTTP_CODES.get(
-        exc.status_code, ("ClientError", "HttpError", str(exc.detail))
+        exc.status_code, ("Validation", "HttpError", str(exc.detail))
     )
     request.scope[ERROR_CODE_KEY] = code
     # A 405 carries Starlette's Allow header: clients learn which methods the route takes.
@@ -65,7 +65,8 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     request.scope[ERROR_CODE_KEY] = "InternalError"
-    return error_response(500, "ServerError", "InternalError", "An internal error occurred")
+    # The sample's type and code; unlike the sample, no message or stack trace of the inside.
+    return error_response(500, "Unhandled", "InternalError", "An internal error occurred")
 
 
 HANDLERS = {P13nError: p13n_error, HTTPException: http_error, Exception: unexpected_error}

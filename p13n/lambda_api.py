@@ -17,7 +17,7 @@ Contract:
   container with it running.
 * The stream must be Kinesis: an embedded log in a container's ``/tmp`` would vanish with the
   container. That, or any other failure to start (invalid or unreadable config), is logged and
-  answered 503 ``{"type": "ServerError", "code": "ServiceUnavailable", ...}``; the next
+  answered 503 ``{"type": "Unavailable", "code": "ServiceUnavailable", ...}``; the next
   invocation tries to start again.
 * Durability. A 202 from ``POST /events`` is returned only after its record is durable in
   Kinesis: the producer resolves ``put()`` after PutRecords succeeded, and Mangum runs the
@@ -228,7 +228,7 @@ def _unavailable(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
     """The 503 answer, shaped for whichever kind of event came in."""
     response = error_response(
         503,
-        "ServerError",
+        "Unavailable",
         "ServiceUnavailable",
         "The service could not start; the function's logs say why",
     )

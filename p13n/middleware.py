@@ -113,7 +113,7 @@ def _limit_headers(scope: Scope) -> Response | None:
     scope[ERROR_CODE_KEY] = "HeadersTooLarge"
     return error_response(
         431,
-        "ClientError",
+        "Validation",
         "HeadersTooLarge",
         f"Request headers are limited to {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes",
     )
@@ -151,7 +151,7 @@ class ApiKeys:
         if presented is None:
             scope[ERROR_CODE_KEY] = "MissingApiKey"
             return error_response(
-                401, "ClientError", "MissingApiKey", "The x-api-key header is required"
+                401, "Authorization", "MissingApiKey", "The x-api-key header is required"
             )
         digest = hashlib.sha256(presented).hexdigest().encode()
         matched: ApiKey | None = None
@@ -160,14 +160,14 @@ class ApiKeys:
                 matched = key
         if matched is None:
             scope[ERROR_CODE_KEY] = "InvalidApiKey"
-            return error_response(403, "ClientError", "InvalidApiKey", "The API key is not valid")
+            return error_response(403, "Authorization", "InvalidApiKey", "The API key is not valid")
         wait = self._throttled(matched, auth.rate_limit)
         if not wait:
             return None
         scope[ERROR_CODE_KEY] = "TooManyRequests"
         return error_response(
             429,
-            "ClientError",
+            "Throttling",
             "TooManyRequests",
             f"Rate limit of API key '{matched.id}' exceeded",
             retry_after=float(math.ceil(wait)),

@@ -19,6 +19,7 @@ msgspec structs that validate it (``ingest.body``), so the two cannot drift apar
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import msgspec
@@ -36,18 +37,55 @@ API_KEY_SCHEME = "apiKey"
 
 # (status, component name, description) of every error response an operation may document.
 _ERRORS = {
-    400: ("BadRequest", "Invalid parameter or body: the message names it (`ValidationError`)."),
-    401: ("Unauthorized", "The `x-api-key` header is missing (`MissingApiKey`)."),
-    403: ("Forbidden", "The API key is not valid (`InvalidApiKey`)."),
-    404: ("NotFound", "Not configured: namespace, recommender, or no such route."),
-    405: ("MethodNotAllowed", "The route does not take this method."),
-    413: ("PayloadTooLarge", "The body is larger than `limits.maxBodyBytes`."),
-    415: ("UnsupportedMediaType", "The body is not `application/json`."),
-    429: ("TooManyRequests", "The recommender is throttling; retry after `Retry-After`."),
-    502: ("BadGateway", "The recommender answered with a failure (`UpstreamError`)."),
-    503: ("ServiceUnavailable", "Stream or recommender unavailable; retry after `Retry-After`."),
-    504: ("GatewayTimeout", "The recommender did not answer in time (`UpstreamTimeout`)."),
+    400: (
+        "BadRequest",
+        "Invalid parameter or body (type `Validation`): the message names it; the code is the "
+        "sample project's (`InvalidJSONRequestPayload`, `InvalidContextParameter`, "
+        "`InvalidExperimentFeature`, `UserIdRequired`, ...) or one in its style.",
+    ),
+    401: ("Unauthorized", "The `x-api-key` header is missing (`Authorization`, `MissingApiKey`)."),
+    403: ("Forbidden", "The API key is not valid (`Authorization`, `InvalidApiKey`)."),
+    404: (
+        "NotFound",
+        "Not configured (type `Configuration`: `NamespaceNotFound`, `RecommenderNotConfigured`, "
+        "`NamespaceEventTargetsNotFound`), or no such route (`Validation`, `NotFound`).",
+    ),
+    405: ("MethodNotAllowed", "The route does not take this method (`MethodNotAllowed`)."),
+    413: ("PayloadTooLarge", "The body is larger than `limits.maxBodyBytes` (`PayloadTooLarge`)."),
+    415: ("UnsupportedMediaType", "The body is not JSON (`UnsupportedMediaType`)."),
+    429: (
+        "TooManyRequests",
+        "Throttled: the recommender (its type, e.g. `Personalize`, `ThrottlingException`) or the "
+        "API key's rate limit (`Throttling`, `TooManyRequests`); retry after `Retry-After`.",
+    ),
+    502: (
+        "BadGateway",
+        "The recommender failed; the type names it (`Personalize`, `Function`, `SageMaker`, "
+        "`Http`), the code is its own (e.g. `FunctionInvokeError`).",
+    ),
+    503: (
+        "ServiceUnavailable",
+        "Stream (`StreamUnavailable`) or recommender (`CircuitOpen`) unavailable; retry after "
+        "`Retry-After`.",
+    ),
+    504: ("GatewayTimeout", "The recommender did not answer in time (`Timeout`)."),
 }
+# Every ``type`` an error body may carry: the sample project's words, and p13n's for what the
+# sample had no word for.
+ERROR_TYPES = [
+    "Validation",
+    "Authorization",
+    "Configuration",
+    "Throttling",
+    "Unavailable",
+    "Personalize",
+    "Function",
+    "SageMaker",
+    "DynamoDB",
+    "Http",
+    "Recommender",
+    "Unhandled",
+]
 _RETRY_AFTER = (429, 503)
 _EVENT_ERRORS = (400, 404, 405, 413, 415, 503)
 _QUERY_ERRORS = (400, 404, 405, 429, 502, 503, 504)
@@ -97,11 +135,13 @@ def _events(config: Config, secured: bool) -> dict[str, Any]:
         "tags": ["events"],
         "summary": "Record interaction events",
         "description": (
-            "One request becomes one stream record; 202 is answered once it is durable. At least "
-            "one of `eventList` and `experimentConversions` must be non-empty; `userId` is "
-            "required with `experimentConversions` (each naming a configured recommender, "
-            "feature and metric). `properties` may be a JSON object or its string, at most "
-            "1,024 characters once auto-context is merged in."
+            "One request becomes one stream record; 202 is answered once it is durable. A body "
+            "with nothing to record (`{}`, empty lists) is a 202 that writes nothing. `sessionId` "
+            "is required with `eventList`; `userId` with `experimentConversions` (each naming a "
+            "configured recommender, and its feature and metric unless the recommender has one "
+            "experiment / the experiment one metric). `trackingId` is accepted and ignored. "
+            '`properties` may be a JSON object or its string (`""` is none), at most 1,024 '
+            "characters once auto-context is merged in."
         ),
         "parameters": [
             _path_enum("namespace", sorted(config.namespaces), "A configured namespace.")
@@ -119,43 +159,60 @@ def _events(config: Config, secured: bool) -> dict[str, Any]:
 
 def _events_body(config: Config) -> dict[str, Any]:
     """The structs' schema plus the rules the service checks after decoding."""
-    required = ["sessionId"] + (["userId"] if config.partition_key == "userId" else [])
+
+    def needs(when: str, name: str) -> dict[str, Any]:
+        return {
+            "if": {"required": [when], "properties": {when: {"minItems": 1}}},
+            "then": {"required": [name], "properties": {name: {"type": "string"}}},
+        }
+
+    # The string form of `properties` (a JSON object's text) is accepted, but a schema cannot
+    # say "a string holding a JSON object": the spec documents the object, null and "" only.
+    properties = {
+        "anyOf": [{"type": "object"}, {"type": "null"}, {"const": ""}],
+        "description": 'A JSON object (or, accepted too, its JSON text); null or "" for none.',
+    }
     rules: list[dict[str, Any]] = [
-        {"required": required, "properties": {name: {"type": "string"} for name in required}},
-        {
-            "anyOf": [
-                {"required": [name], "properties": {name: {"minItems": 1}}}
-                for name in ("eventList", "experimentConversions")
-            ]
-        },
-        {
-            "if": {
-                "required": ["experimentConversions"],
-                "properties": {"experimentConversions": {"minItems": 1}},
-            },
-            "then": {"required": ["userId"], "properties": {"userId": {"type": "string"}}},
-        },
+        {"properties": {"eventList": {"items": {"properties": {"properties": properties}}}}},
+        needs("eventList", "sessionId"),
+        needs("experimentConversions", "userId"),
         {"properties": {"experimentConversions": _conversions(config)}},
     ]
+    if config.partition_key == "userId":
+        rules.append(needs("eventList", "userId"))
     return {"allOf": [{"$ref": REF.format(name="EventsBody")}, *rules]}
 
 
 def _conversions(config: Config) -> dict[str, Any]:
-    # Names across all namespaces: the namespace is a path parameter, so a conversion naming
-    # another namespace's recommender passes this schema and is still a 400.
-    names: dict[str, set[str]] = {"recommender": set(), "feature": set(), "metric": set()}
+    """One alternative per (recommender, feature) that can take conversions: ``feature`` may be
+    left out when the recommender has one experiment, ``metric`` when the experiment has one.
+    Across all namespaces: the namespace is a path parameter, so a conversion naming another
+    namespace's recommender passes this schema and is still a 400 ``InvalidRecommender``."""
+    choices: list[dict[str, Any]] = []
     for ns in config.namespaces.values():
         for by_name in ns.recommenders.values():
             for recommender in by_name.values():
-                for feature, experiment in recommender.experiments.items():
-                    names["recommender"].add(recommender.name)
-                    names["feature"].add(feature)
-                    names["metric"].update(experiment.metrics)
-    if not names["feature"]:
+                experiments = recommender.experiments
+                for feature, experiment in experiments.items():
+                    if not experiment.metrics:
+                        continue  # nothing to convert to: every conversion is a 400
+                    required = ["recommender"]
+                    required += ["feature"] if len(experiments) > 1 else []
+                    required += ["metric"] if len(experiment.metrics) > 1 else []
+                    choices.append(
+                        {
+                            "required": required,
+                            "properties": {
+                                "recommender": {"const": recommender.name},
+                                "feature": {"const": feature},
+                                "metric": {"enum": sorted(experiment.metrics)},
+                            },
+                        }
+                    )
+    if not choices:
         return {"maxItems": 0, "description": "No experiments are configured."}
-    return {
-        "items": {"properties": {key: {"enum": sorted(values)} for key, values in names.items()}}
-    }
+    unique = {json.dumps(c, sort_keys=True): c for c in choices}
+    return {"items": {"anyOf": list(unique.values())}}
 
 
 def _action_paths(config: Config, action: str, secured: bool) -> dict[str, Any]:
@@ -211,7 +268,7 @@ def _action_paths(config: Config, action: str, secured: bool) -> dict[str, Any]:
         "description": f"Comma-separated ids of the items to rank (1 to {MAX_ITEMS}).",
         "style": "simple",
         "explode": False,
-        "schema": _id_list(),
+        "schema": _id_list(in_path=True),
     }
     body = {
         "required": True,
@@ -256,7 +313,7 @@ def _query_op(
     schema = "ItemList" if shape == ITEM_LIST else "Ranking"
     cache_headers = {
         "Cache-Control": _header("The `cacheControl` rule for this kind of request."),
-        "ETag": _header("Tag for `If-None-Match`; embeds its own expiry."),
+        "ETag": _header("Tag for `If-None-Match`; bound to this URL, embeds its own expiry."),
     }
     return {
         "operationId": operation_id,
@@ -356,12 +413,19 @@ def _parameters() -> dict[str, Any]:
     return {
         "numResults": query(
             "numResults",
-            "How many items to return.",
-            {"type": "integer", "minimum": 1, "maximum": MAX_RESULTS, "default": DEFAULT_RESULTS},
+            f"How many items to return; above {MAX_RESULTS} it is {MAX_RESULTS} (as the sample "
+            "project capped it).",
+            {"type": "integer", "minimum": 1, "default": DEFAULT_RESULTS},
         ),
-        "filter": query("filter", "Name of a configured filter to apply.", _optional_id()),
-        "filterValues": json_query("filterValues", "Dynamic filter values (JSON object)."),
-        "context": json_query("context", "Contextual metadata for the recommender (JSON object)."),
+        "filter": query(
+            "filter", "A Personalize filter to apply: its name or its ARN.", _optional_id()
+        ),
+        "filterValues": json_query(
+            "filterValues", "Dynamic filter values: a JSON object of strings."
+        ),
+        "context": json_query(
+            "context", "Contextual metadata for the recommender: a JSON object of strings."
+        ),
         "decorateItems": query(
             "decorateItems",
             f"Add item metadata to the items (default yes). {flag_words}",
@@ -373,7 +437,11 @@ def _parameters() -> dict[str, Any]:
             {"type": "string", "default": "false"},
         ),
         "feature": query(
-            "feature", "An experiment feature of the recommender to evaluate.", _optional_id()
+            "feature",
+            "An experiment feature of the recommender to evaluate. Ignored (as by the sample) "
+            "unless the recommender has experiments and more than one variation and a user is "
+            "given; then an unknown feature is a 400 `InvalidExperimentFeature`.",
+            _optional_id(),
         ),
         "userIdQuery": query("userId", "The user, to personalize related items.", _optional_id()),
         "IfNoneMatch": {
@@ -401,8 +469,10 @@ def _optional_id() -> dict[str, Any]:
     return {"type": "string", "maxLength": MAX_ID, "description": "Empty means absent."}
 
 
-def _id_list() -> dict[str, Any]:
-    return {"type": "array", "items": _id(), "minItems": 1, "maxItems": MAX_ITEMS}
+def _id_list(in_path: bool = False) -> dict[str, Any]:
+    # In the path the list is comma-separated: an id there cannot hold a comma.
+    item = {**_id(), "pattern": "^[^,]+$"} if in_path else _id()
+    return {"type": "array", "items": item, "minItems": 1, "maxItems": MAX_ITEMS}
 
 
 def _schemas() -> dict[str, Any]:
@@ -422,8 +492,11 @@ def _schemas() -> dict[str, Any]:
             "description": "Every error response has this body; no stack trace, ever.",
             "required": ["type", "code", "message"],
             "properties": {
-                "type": {"type": "string", "enum": ["ClientError", "ServerError"]},
-                "code": {"type": "string", "examples": ["ValidationError", "NamespaceNotFound"]},
+                "type": {"type": "string", "enum": ERROR_TYPES},
+                "code": {
+                    "type": "string",
+                    "examples": ["InvalidJSONRequestPayload", "NamespaceNotFound"],
+                },
                 "message": {"type": "string"},
             },
             "additionalProperties": False,
@@ -434,7 +507,10 @@ def _schemas() -> dict[str, Any]:
             "required": ["accepted", "recordId"],
             "properties": {
                 "accepted": {"type": "integer", "minimum": 0, "description": "Events recorded."},
-                "recordId": {"type": "string", "description": "The stream record's id."},
+                "recordId": {
+                    "type": ["string", "null"],
+                    "description": "The stream record's id; null when there was nothing to record.",
+                },
             },
         },
         "Item": {
@@ -450,9 +526,19 @@ def _schemas() -> dict[str, Any]:
         "MatchedExperiment": {
             "type": "object",
             "description": "Present when an experiment chose the variation that answered.",
-            "required": ["feature", "method", "variation"],
+            "required": ["type", "feature", "details", "method", "variation"],
             "properties": {
+                "type": {"type": "string", "description": "The method (the sample's key)."},
                 "feature": {"type": "string"},
+                "details": {
+                    "type": "object",
+                    "description": "The sample's details: the experiment and its treatment.",
+                    "required": ["experiment", "treatment"],
+                    "properties": {
+                        "experiment": {"type": "string"},
+                        "treatment": {"type": "string"},
+                    },
+                },
                 "method": {"type": "string"},
                 "variation": {"type": "string"},
             },

@@ -4,9 +4,12 @@ an in-process response cache with request coalescing and stale-if-error.
 Headers. The rule is ``userSpecified`` when the request names a user, ``syntheticUserSpecified``
 when it names one with ``syntheticUser``, ``noUserSpecified`` otherwise (related-items without
 ``userId``). With a ``maxAge`` the response carries ``Cache-Control: <directives>,max-age=<n>``
-(``max-age=<n>`` alone without directives) and an ``ETag`` that embeds its own expiry as epoch
-seconds: ``"<digest>-<expires>"``. A request whose ``If-None-Match`` holds such a tag that has
-not expired yet gets ``304 Not Modified`` without asking the recommender, as the sample does.
+(``max-age=<n>`` alone without directives) and an ``ETag`` bound to the URL that embeds its own
+expiry as epoch seconds: ``"<url>-<digest>-<expires>"``, where ``<url>`` is a checksum of the
+path and the known query parameters (``url_tag``) and ``<digest>`` one of the body. A request
+whose ``If-None-Match`` holds such a tag, made for the same URL and not expired yet, gets
+``304 Not Modified`` without asking the recommender, as the sample does; a fresh tag of another
+URL does not (the sample put the URL's checksum in its tags for this too).
 Without a ``maxAge`` there are no caching headers, and ``POST /rerank-items`` is ``no-store``.
 
 In-process cache. Keyed by the caller's path, the normalised known query parameters, the
@@ -67,18 +70,24 @@ class Policy:
         return f"max-age={self.max_age}"
 
 
-def make_etag(body: bytes, expires: int) -> str:
-    return f'"{hashlib.sha256(body).hexdigest()[:20]}-{expires}"'
+def url_tag(path: str, params_key: str) -> str:
+    """The URL part of an ETag: a checksum of the path and the normalised known parameters
+    (so parameter order and unknown parameters do not matter, as for the response cache)."""
+    return hashlib.blake2b(f"{path}?{params_key}".encode(), digest_size=8).hexdigest()
 
 
-def still_fresh(if_none_match: str | None, now: float) -> bool:
-    """Whether any ETag the client holds is one of ours that has not expired."""
+def make_etag(body: bytes, expires: int, url: str) -> str:
+    return f'"{url}-{hashlib.sha256(body).hexdigest()[:20]}-{expires}"'
+
+
+def still_fresh(if_none_match: str | None, now: float, url: str) -> bool:
+    """Whether any ETag the client holds is one of ours, made for this URL (``url_tag``), that
+    has not expired."""
     if not if_none_match:
         return False
     for tag in if_none_match.split(","):
-        tag = tag.strip().removeprefix("W/").strip('"')
-        _, _, expires = tag.rpartition("-")
-        if expires.isdigit() and int(expires) > now:
+        parts = tag.strip().removeprefix("W/").strip('"').split("-")
+        if len(parts) == 3 and parts[0] == url and parts[2].isdigit() and int(parts[2]) > now:
             return True
     return False
 

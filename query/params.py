@@ -2,8 +2,12 @@
 
 The HTTP layer hands over plain values (path parameters, the query string as a mapping of
 first values, the raw body of ``POST /rerank-items``); everything a caller can get wrong is
-a ``InvalidRequest`` (400) naming the parameter. Limits follow Personalize's runtime API:
-ids ≤ 256 characters, ``numResults`` 1 to 500, ``inputList`` 1 to 500 ids.
+a ``InvalidRequest`` (400) naming the parameter, with the sample project's code where it had
+one (``InvalidContextParameter``, ``InvalidFilterParameter``, ``InvalidJSONRequestPayload``,
+``InvalidRequestPayload``) and ``Invalid<Name>Parameter`` otherwise. Limits follow Personalize's
+runtime API: ids ≤ 256 characters, ``inputList`` 1 to 500 ids; ``numResults`` from 1, and above
+500 it is 500 (the sample's cap, Personalize's maximum). ``context`` and ``filterValues`` are
+JSON objects of strings, as the OpenAPI says (Personalize takes strings only).
 """
 
 from __future__ import annotations
@@ -64,8 +68,10 @@ def parse(
         item_ids=item_ids,
         num_results=_num_results(params.get("numResults")),
         filter=_optional_id(params.get("filter"), "filter"),
-        filter_values=_string_map(params.get("filterValues"), "filterValues"),
-        context=_string_map(params.get("context"), "context"),
+        filter_values=_string_map(
+            params.get("filterValues"), "filterValues", "InvalidFilterParameter"
+        ),
+        context=_string_map(params.get("context"), "context", "InvalidContextParameter"),
         synthetic_user=_flag(params.get("syntheticUser"), default=False),
         feature=_optional_id(params.get("feature"), "feature"),
         decorate=_flag(params.get("decorateItems"), default=True),
@@ -78,11 +84,21 @@ def normalised(params: Mapping[str, str]) -> str:
     return "&".join(f"{key}={params[key]}" for key in KNOWN if key in params)
 
 
+def _code(name: str) -> str:
+    return (
+        "InvalidFilterParameter"
+        if name == "filter"
+        else f"Invalid{name[0].upper()}{name[1:]}Parameter"
+    )
+
+
 def _id(value: str, name: str) -> str:
     if not value:
-        raise InvalidRequest(f"{name} must not be empty")
+        raise InvalidRequest(f"{name} must not be empty", code=_code(name))
     if len(value) > MAX_ID:
-        raise InvalidRequest(f"{name} is {len(value)} characters; at most {MAX_ID} are allowed")
+        raise InvalidRequest(
+            f"{name} is {len(value)} characters; at most {MAX_ID} are allowed", code=_code(name)
+        )
     return value
 
 
@@ -93,13 +109,14 @@ def _optional_id(value: str | None, name: str) -> str | None:
 def _num_results(value: str | None) -> int:
     if value is None:
         return DEFAULT_RESULTS
+    code = "InvalidNumResultsParameter"
     try:
         number = int(value)
     except ValueError:
-        raise InvalidRequest(f"numResults must be an integer from 1 to {MAX_RESULTS}") from None
-    if not 1 <= number <= MAX_RESULTS:
-        raise InvalidRequest(f"numResults must be from 1 to {MAX_RESULTS}, got {number}")
-    return number
+        raise InvalidRequest("numResults must be a positive integer", code=code) from None
+    if number < 1:
+        raise InvalidRequest(f"numResults must be at least 1, got {number}", code=code)
+    return min(number, MAX_RESULTS)
 
 
 def _flag(value: str | None, *, default: bool) -> bool:
@@ -108,26 +125,29 @@ def _flag(value: str | None, *, default: bool) -> bool:
     return value.strip().lower() in TRUE_WORDS
 
 
-def _string_map(value: str | None, name: str) -> Mapping[str, str]:
+def _string_map(value: str | None, name: str, code: str) -> Mapping[str, str]:
     if value is None or value == "":
         return MappingProxyType({})
     try:
         parsed: Any = json.loads(value)
     except ValueError as exc:
-        raise InvalidRequest(f"{name} is not valid JSON: {exc}") from None
+        raise InvalidRequest(f'Parameter "{name}" is not valid JSON: {exc}', code=code) from None
     if not isinstance(parsed, dict):
-        raise InvalidRequest(f"{name} must be a JSON object of strings")
+        raise InvalidRequest(f"{name} must be a JSON object of strings", code=code)
     if len(parsed) > MAX_MAP_ENTRIES:
-        raise InvalidRequest(f"{name} has {len(parsed)} entries; at most {MAX_MAP_ENTRIES}")
-    result: dict[str, str] = {}
+        raise InvalidRequest(
+            f"{name} has {len(parsed)} entries; at most {MAX_MAP_ENTRIES}", code=code
+        )
     for key, item in parsed.items():
-        if isinstance(item, bool) or not isinstance(item, str | int | float):
-            raise InvalidRequest(f"{name}.{key} must be a string")
-        text = item if isinstance(item, str) else json.dumps(item)
-        if len(key) > MAX_ID or len(text) > MAX_MAP_VALUE:
-            raise InvalidRequest(f"{name}.{key} is too long")
-        result[key] = text
-    return MappingProxyType(result)
+        # Personalize takes strings only: a number would be refused there, after the call.
+        if not isinstance(item, str):
+            raise InvalidRequest(
+                f'{name}.{key} must be a string (a number goes as its text, e.g. "5")',
+                code=code,
+            )
+        if len(key) > MAX_ID or len(item) > MAX_MAP_VALUE:
+            raise InvalidRequest(f"{name}.{key} is too long", code=code)
+    return MappingProxyType(parsed)
 
 
 def _item_ids(in_path: str | None, body: bytes | None) -> tuple[str, ...]:
@@ -139,14 +159,23 @@ def _item_ids(in_path: str | None, body: bytes | None) -> tuple[str, ...]:
         try:
             ids = json.loads(body or b"")
         except ValueError as exc:
-            raise InvalidRequest(f"{where} is not valid JSON: {exc}") from None
+            raise InvalidRequest(
+                f"{where} is not valid JSON: {exc}", code="InvalidJSONRequestPayload"
+            ) from None
         if not isinstance(ids, list):
-            raise InvalidRequest(f"{where} must be a JSON array of item ids")
+            raise InvalidRequest(
+                f"{where} must be a JSON array of item ids", code="InvalidRequestPayload"
+            )
+    code = "InvalidItemIdsParameter" if in_path is not None else "InvalidRequestPayload"
     if not ids or ids == [""]:
-        raise InvalidRequest(f"{where} must name at least one item")
+        raise InvalidRequest(f"{where} must name at least one item", code=code)
     if len(ids) > MAX_ITEMS:
-        raise InvalidRequest(f"{where} has {len(ids)} items; at most {MAX_ITEMS} can be reranked")
+        raise InvalidRequest(
+            f"{where} has {len(ids)} items; at most {MAX_ITEMS} can be reranked", code=code
+        )
     for index, item in enumerate(ids):
         if not isinstance(item, str) or not item or len(item) > MAX_ID:
-            raise InvalidRequest(f"{where}[{index}] must be an item id of 1 to {MAX_ID} characters")
+            raise InvalidRequest(
+                f"{where}[{index}] must be an item id of 1 to {MAX_ID} characters", code=code
+            )
     return tuple(ids)

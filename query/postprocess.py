@@ -1,15 +1,22 @@
 """``responsePostProcessor``: a Lambda function that may rewrite a recommender's answer.
 
-The function is invoked (RequestResponse) with::
+The function is invoked (RequestResponse) with the sample project's payload, so a function
+written for the sample works unchanged::
 
-    {"namespace", "action", "recommender", "variation", "userId", "itemId", "numResults",
-     "response": {"itemList" | "personalizedRanking": [...], "recommendationId": ...}}
+    {"version": "1.0", "action": "recommend-items" | "related-items" | "rerank-items",
+     "recommender": {"path": <recommender name>, "config": <its config object>},
+     "variation": <the config object of the variation that answered>,
+     "userId": str,                      # recommend-items, rerank-items
+     "itemId": str,                      # related-items
+     "response": {"itemList" | "personalizedRanking": [...], "recommendationId": ...},
+     "namespace": str, "numResults": int}   # p13n's additions
 
 where ``numResults`` is what the caller asked for and the response may hold more items when
 ``lookAheadMultiplier`` enlarged the request (``min(numResults * multiplier,
 lookAheadMaximumValue, 500)``), so the function can drop items and still fill the page. It
 returns the response object, same shape; the service truncates it to ``numResults``. A function
-error, a timeout or an answer without the shape's list is the recommender's failure (502/504).
+error (``FunctionInvokeError``), a timeout or an answer without the shape's list is the
+recommender's failure (502/504, type ``Function``).
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ from typing import Any
 import anyio.to_thread
 
 from query.base import MAX_RESULTS, Query, Recommendations
+from schemas.config import Recommender, Variation, thawed
 from schemas.errors import RetryableError, UpstreamError
+
+PAYLOAD_VERSION = "1.0"
 
 
 def look_ahead(settings: Mapping[str, Any] | None, num_results: int) -> int:
@@ -36,24 +46,39 @@ def look_ahead(settings: Mapping[str, Any] | None, num_results: int) -> int:
 
 
 class PostProcessor:
-    def __init__(self, settings: Mapping[str, Any], timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, settings: Mapping[str, Any], recommender: Recommender, timeout_s: float = 5.0
+    ) -> None:
         self.arn = str(settings["arn"])
         self._timeout = timeout_s
         self._client: Any = None
+        # Thawed once: the payload carries them on every call.
+        self._recommender = thawed(recommender.document)
+        self._variations = {name: thawed(v.document) for name, v in recommender.variations.items()}
+
+    def payload(
+        self, query: Query, variation: Variation, asked: int, answer: Recommendations
+    ) -> dict[str, Any]:
+        """The documented event for the function (see the module docstring)."""
+        body: dict[str, Any] = {
+            "version": PAYLOAD_VERSION,
+            "action": query.action,
+            "recommender": {"path": query.recommender, "config": self._recommender},
+            "variation": self._variations.get(variation.name, {}),
+        }
+        if query.action == "related-items":
+            body["itemId"] = query.item_id
+        else:
+            body["userId"] = query.user_id
+        body["response"] = answer.body(query.shape)
+        body["namespace"] = query.namespace
+        body["numResults"] = asked
+        return body
 
     async def apply(
-        self, query: Query, variation: str, asked: int, answer: Recommendations
+        self, query: Query, variation: Variation, asked: int, answer: Recommendations
     ) -> Recommendations:
-        payload = {
-            "namespace": query.namespace,
-            "action": query.action,
-            "recommender": query.recommender,
-            "variation": variation,
-            "userId": query.user_id,
-            "itemId": query.item_id,
-            "numResults": asked,
-            "response": answer.body(query.shape),
-        }
+        payload = self.payload(query, variation, asked, answer)
         document = await anyio.to_thread.run_sync(self._invoke, payload)
         items = document.get(query.shape) if isinstance(document, dict) else None
         if not isinstance(items, list) or not all(
@@ -87,9 +112,7 @@ class PostProcessor:
                 error = UpstreamError(error.message, code=error.code)
             raise error from exc
         if reply.get("FunctionError"):
-            raise UpstreamError(
-                "the response post-processor failed", code="PostProcessorFunctionError"
-            )
+            raise UpstreamError("the response post-processor failed", code="FunctionInvokeError")
         try:
             return json.loads(body)
         except ValueError:

@@ -39,16 +39,17 @@ import msgspec
 from query import params as query_params
 from query.base import ItemMetadata, Query, Recommendations, Resolver
 from query.breaker import Breaker
-from query.caching import Entry, Policy, ResponseCache, make_etag, still_fresh
+from query.caching import Entry, Policy, ResponseCache, make_etag, still_fresh, url_tag
 from query.metadata import MetadataContext, build_metadata
 from query.postprocess import PostProcessor, look_ahead
-from query.resolvers import ResolverContext, build_resolver
+from query.resolvers import ERROR_TYPES, ResolverContext, build_resolver
 from query.variations import Choice, choose
 from schemas.codec import EXPOSURE, Codec
 from schemas.config import Config, Namespace, Recommender, Variation
 from schemas.errors import (
     NotFound,
     P13nError,
+    RetryableError,
     Throttled,
     Unavailable,
     UpstreamError,
@@ -129,6 +130,7 @@ class _Plan:
     choice: Choice
     policy: Policy
     params_key: str
+    url_tag: str  # what binds this URL's ETags to it
 
 
 # Plans remembered per config (by action, path and query string); emptied when full.
@@ -179,7 +181,7 @@ class _Built:
         key = (ns.key, rec.action, rec.name)
         found = self.post_processors.get(key)
         if found is None:
-            found = PostProcessor(rec.response_post_processor)
+            found = PostProcessor(rec.response_post_processor, rec)
             self.post_processors[key] = found
         return found
 
@@ -228,7 +230,9 @@ class QueryService:
             if rules.fields
             else None
         )
-        if policy.cacheable and still_fresh(request.headers.get("if-none-match"), now):
+        if policy.cacheable and still_fresh(
+            request.headers.get("if-none-match"), now, plan.url_tag
+        ):
             self._observer.cache("not-modified")
             return Answer(304, b"", self._cache_headers(policy, request.headers["if-none-match"]))
 
@@ -238,7 +242,9 @@ class QueryService:
                 asked = replace(asked, headers=request.headers)
             if auto:
                 asked = asked.with_context(MappingProxyType({**auto, **asked.context}))
-            return await self._compute(built, plan.ns, plan.rec, choice, asked, policy)
+            return await self._compute(
+                built, plan.ns, plan.rec, choice, asked, policy, plan.url_tag
+            )
 
         # The auto-context values too: one URL asked from a phone and from a desktop may be
         # answered differently.
@@ -293,7 +299,10 @@ class QueryService:
         policy = Policy.for_query(
             choice.variation.cache_control, query, no_store=request.body is not None
         )
-        plan = _Plan(ns, rec, query, choice, policy, query_params.normalised(request.params))
+        params_key = query_params.normalised(request.params)
+        plan = _Plan(
+            ns, rec, query, choice, policy, params_key, url_tag(request.url_path, params_key)
+        )
         # Only a cacheable answer is asked for again cheaply enough for the plan to matter; the
         # plans of uncached misses (a user each) would only pile up for the collector.
         if key is not None and policy.cacheable:
@@ -321,6 +330,7 @@ class QueryService:
         choice: Choice,
         query: Query,
         policy: Policy,
+        url: str,
     ) -> Entry:
         wanted = query.num_results
         asked = look_ahead(rec.response_post_processor, wanted)
@@ -331,7 +341,10 @@ class QueryService:
         post = built.post_processor(ns, rec)
         if post is not None:
             answer = await self._bounded(
-                post.apply(query, served.name, wanted, answer), 5.0, "response post-processor"
+                post.apply(query, served, wanted, answer),
+                5.0,
+                "response post-processor",
+                "Function",
             )
         document = answer.body(query.shape)
         document[query.shape] = document[query.shape][:wanted]
@@ -344,7 +357,7 @@ class QueryService:
         mono = time.monotonic()
         return Entry(
             body=body,
-            etag=make_etag(body, expires) if expires is not None else None,
+            etag=make_etag(body, expires, url) if expires is not None else None,
             variation=served.name,
             fallback=fell_back,
             created=mono,
@@ -371,13 +384,17 @@ class QueryService:
                     f"variation '{variation.name}' is failing; its circuit is open",
                     code="CircuitOpen",
                     retry_after=breaker.retry_after(),
+                    type_=ERROR_TYPES.get(variation.type),
                 )
                 continue
             resolver = built.resolver(ns, rec, variation)
             started = time.perf_counter()
             try:
                 answer = await self._bounded(
-                    resolver.resolve(query), variation.timeout_ms / 1000, "recommender"
+                    resolver.resolve(query),
+                    variation.timeout_ms / 1000,
+                    "recommender",
+                    ERROR_TYPES.get(variation.type, "Recommender"),
                 )
             except P13nError as exc:
                 self._observer.backend(variation.type, exc.code, time.perf_counter() - started)
@@ -396,18 +413,26 @@ class QueryService:
         assert first_error is not None
         raise first_error
 
-    async def _bounded(self, work: Any, seconds: float, what: str) -> Any:
+    async def _bounded(self, work: Any, seconds: float, what: str, source: str) -> Any:
         """``work`` with a deadline; anything but a ``P13nError`` escaping a backend becomes a
-        502 that names no internals (the traceback goes to the log)."""
+        502 that names no internals (the traceback goes to the log). A backend's failure
+        (retryable: throttled, timed out, failed) carries ``source`` as its error type, the
+        sample's ``Personalize``, ``Function``, ``SageMaker``...; the caller's own mistakes
+        stay ``Validation``."""
         try:
             return await asyncio.wait_for(work, seconds + TIMEOUT_SLACK_SECONDS)
         except TimeoutError:
-            raise UpstreamTimeout(f"the {what} did not answer within {seconds:g} s") from None
+            raise UpstreamTimeout(
+                f"the {what} did not answer within {seconds:g} s", type_=source
+            ) from None
+        except RetryableError as exc:
+            exc.type = source
+            raise
         except P13nError:
             raise
         except Exception as exc:
             log.error("unexpected failure of the %s", what, exc_info=exc)
-            raise UpstreamError(f"the {what} failed") from None
+            raise UpstreamError(f"the {what} failed", type_=source) from None
 
     async def _decorate(
         self, built: _Built, settings: Mapping[str, Any], query: Query, answer: Recommendations

@@ -1,14 +1,20 @@
 """Which variation serves a request, and the experiment that chose it.
 
 Rules (the sample project's, with local assignment): no experiments, no user, or a single
-variation → the first variation, no experiment. Otherwise the experiment named by ``feature``
-(400 if the recommender has no such feature), or the first one, assigns the user through
-``schemas.experiments.assign`` — the same function experiment tracking uses for conversions.
+variation → the first variation, no experiment, and ``feature`` is ignored. Otherwise the
+experiment named by ``feature`` (400 ``InvalidExperimentFeature`` if the recommender has no such
+feature), or the first one, assigns the user through ``schemas.experiments.assign`` — the same
+function experiment tracking uses for conversions.
+
+``matchedExperiment`` carries the sample's keys — ``type`` (the method), ``feature`` and
+``details`` (``{"experiment", "treatment"}``, the shape Evidently's details had) — and p13n's
+own ``method`` and ``variation``, so dashboards written for either keep working.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from schemas.config import Config, Experiment, Recommender, Variation
 from schemas.errors import InvalidRequest, NotFound
@@ -20,12 +26,14 @@ class Choice:
     variation: Variation
     experiment: Experiment | None = None
 
-    def matched(self) -> dict[str, str] | None:
+    def matched(self) -> dict[str, Any] | None:
         """The response's ``matchedExperiment``, when an experiment made the choice."""
         if self.experiment is None:
             return None
         return {
+            "type": self.experiment.method,
             "feature": self.experiment.feature,
+            "details": {"experiment": self.experiment.feature, "treatment": self.variation.name},
             "method": self.experiment.method,
             "variation": self.variation.name,
         }
@@ -36,19 +44,20 @@ def choose(recommender: Recommender, user_id: str | None, feature: str | None) -
     if not variations:
         raise NotFound(
             f"Recommender '{recommender.name}' has no variations",
-            code="RecommenderNotConfigured",
+            code="NoVariationsConfigured",
         )
-    experiment: Experiment | None = None
+    if not recommender.experiments or user_id is None or len(variations) == 1:
+        return Choice(variations[0])  # nothing to evaluate: the sample ignores ``feature`` too
+    experiment: Experiment | None
     if feature is not None:
         experiment = recommender.experiments.get(feature)
         if experiment is None:
             raise InvalidRequest(
-                f"feature '{feature}' is not an experiment of recommender '{recommender.name}'"
+                f"feature '{feature}' is not an experiment of recommender '{recommender.name}'",
+                code="InvalidExperimentFeature",
             )
-    elif recommender.experiments:
+    else:
         experiment = next(iter(recommender.experiments.values()))
-    if experiment is None or user_id is None or len(variations) == 1:
-        return Choice(variations[0])
     name = assign(experiment.feature, user_id, experiment.weights)
     return Choice(recommender.variations[name], experiment)
 

@@ -42,6 +42,15 @@ def _frozen(value: Any) -> Any:
     return value
 
 
+def thawed(value: Any) -> Any:
+    """A plain, JSON-serialisable copy of frozen config data (``_frozen`` undone)."""
+    if isinstance(value, Mapping):
+        return {k: thawed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [thawed(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class CacheRule:
     max_age: int | None = None
@@ -165,6 +174,9 @@ class Variation:
     inference_item_metadata: Mapping[str, Any] | None
     timeout_ms: int = 1000
     fallback: str | None = None
+    # The variation's own config object with the inherited keys filled in: what the sample
+    # project handed custom functions as ``variation``.
+    document: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
 
 
 @dataclass(frozen=True)
@@ -178,6 +190,8 @@ class Recommender:
     filters: tuple[Mapping[str, Any], ...]
     cache_control: CacheControl
     inference_item_metadata: Mapping[str, Any] | None
+    # Its config object with the inherited keys filled in (the sample's ``recommender.config``).
+    document: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
 
 
 @dataclass(frozen=True)
@@ -374,7 +388,23 @@ def _inherit(level: Mapping[str, Any], parent: Mapping[str, Any]) -> dict[str, A
     return {key: level[key] if key in level else parent.get(key) for key in INHERITED}
 
 
+_SLASHED_LAMBDA_ARN = re.compile(r"^(arn:aws[a-z-]*:lambda:[^:]+:[0-9]{12}:function)/")
+
+
+def _canonical_arns(value: Any) -> Any:
+    """The document with the sample's ``...:function/NAME`` Lambda ARNs written as Lambda
+    names them (``...:function:NAME``), the only form its API accepts."""
+    if isinstance(value, str):
+        return _SLASHED_LAMBDA_ARN.sub(r"\1:", value)
+    if isinstance(value, Mapping):
+        return {k: _canonical_arns(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical_arns(v) for v in value]
+    return value
+
+
 def _build(doc: Mapping[str, Any], source: str) -> Config:
+    doc = _canonical_arns(doc)
     root = _inherit(doc, {})
     namespaces = {key: _namespace(key, ns, root) for key, ns in doc["namespaces"].items()}
     stream_doc = doc.get("stream", {})
@@ -521,6 +551,7 @@ def _recommender(
         variations=MappingProxyType(variations),
         experiments=MappingProxyType(experiments),
         response_post_processor=_frozen(doc.get("responsePostProcessor")),
+        document=_with_inherited(doc, own),
         **_inherited_fields(own),
     )
 
@@ -536,5 +567,10 @@ def _variation(name: str, doc: Mapping[str, Any], parent: Mapping[str, Any]) -> 
         options=_frozen({k: v for k, v in doc.items() if k not in VARIATION_COMMON}),
         timeout_ms=doc.get("timeoutMs", 1000),
         fallback=doc.get("fallback"),
+        document=_with_inherited(doc, own),
         **_inherited_fields(own),
     )
+
+
+def _with_inherited(doc: Mapping[str, Any], own: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _frozen({**doc, **{k: v for k, v in own.items() if v is not None}})

@@ -2,23 +2,28 @@
 
 ::
 
-    P13nError                      (type, code, message, status)
+    P13nError                      (type, code, message, status)         type
     ├── PermanentError             retrying the same input fails the same way
-    │   ├── InvalidRequest         400  malformed or out-of-limit input
-    │   ├── Unauthorized           401  no API key
-    │   ├── Forbidden              403  wrong API key
+    │   ├── InvalidRequest         400  malformed or out-of-limit input   Validation
+    │   ├── Unauthorized           401  no API key                        Authorization
+    │   ├── Forbidden              403  wrong API key                     Authorization
     │   │   └── OperatorError          the deployment, not the data, is wrong (AWS credentials,
     │   │                              placeholders left in the config): pause, never dead-letter
-    │   ├── NotFound               404  unknown namespace, recommender, resource
-    │   ├── UnsupportedMediaType   415
-    │   ├── PayloadTooLarge        413
-    │   ├── ConfigError            invalid configuration (never reaches a client as such)
+    │   ├── NotFound               404  unknown namespace, recommender    Configuration
+    │   ├── UnsupportedMediaType   415                                    Validation
+    │   ├── PayloadTooLarge        413                                    Validation
+    │   ├── ConfigError            invalid configuration                  Configuration
     │   └── RecordError            a stream record that cannot be decoded or delivered
     └── RetryableError             the same call may succeed later
-        ├── Throttled              429  (Retry-After)
-        ├── Unavailable            503  (Retry-After): stream unreachable, producer full
-        ├── UpstreamError          502  a recommender or target answered with a failure
-        └── UpstreamTimeout        504
+        ├── Throttled              429  (Retry-After)                     Throttling
+        ├── Unavailable            503  (Retry-After): stream unreachable Unavailable
+        ├── UpstreamError          502  a recommender or target failed    Recommender
+        └── UpstreamTimeout        504                                    Recommender
+
+``type`` is the sample project's vocabulary (``Validation``, ``Configuration``, ``Personalize``,
+``Function``, ``SageMaker``, ``DynamoDB``, ``Unhandled``), so a client that branches on it keeps
+working; a backend's failure carries the backend's type (``Personalize``, ``Function``, ...),
+set per instance with ``type_=`` or by the query path, which knows which backend failed.
 
 Lower-level errors (botocore, sqlite3, sockets) are translated into this tree where those
 libraries are called, with ``raise ... from``. The HTTP layer turns any ``P13nError`` into the
@@ -36,16 +41,23 @@ class P13nError(Exception):
     """Base of every error p13n raises on purpose."""
 
     status: int = 500
-    type: str = "ServerError"
+    type: str = "Unhandled"
     default_code: str = "InternalError"
 
     def __init__(
-        self, message: str, *, code: str | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retry_after: float | None = None,
+        type_: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
         self.retry_after = retry_after
+        if type_ is not None:
+            self.type = type_
 
     def body(self) -> dict[str, str]:
         return {"type": self.type, "code": self.code, "message": self.message}
@@ -54,14 +66,14 @@ class P13nError(Exception):
 class PermanentError(P13nError):
     """Retrying the same input will fail the same way."""
 
-    type = "ClientError"
+    type = "Validation"
 
 
 class RetryableError(P13nError):
     """The same call may succeed later; callers back off and retry."""
 
     status = 503
-    type = "ServerError"
+    type = "Unavailable"
     default_code = "ServiceUnavailable"
 
 
@@ -72,11 +84,13 @@ class InvalidRequest(PermanentError):
 
 class Unauthorized(PermanentError):
     status = 401
+    type = "Authorization"
     default_code = "Unauthorized"
 
 
 class Forbidden(PermanentError):
     status = 403
+    type = "Authorization"
     default_code = "Forbidden"
 
 
@@ -90,6 +104,7 @@ class OperatorError(Forbidden):
 
 class NotFound(PermanentError):
     status = 404
+    type = "Configuration"
     default_code = "NotFound"
 
 
@@ -106,7 +121,7 @@ class UnsupportedMediaType(PermanentError):
 class ConfigError(PermanentError):
     """The configuration is invalid; ``errors`` lists ``(json_path, reason)`` pairs."""
 
-    type = "ServerError"
+    type = "Configuration"
     status = 500
     default_code = "ConfigurationError"
 
@@ -118,14 +133,14 @@ class ConfigError(PermanentError):
 class RecordError(PermanentError):
     """A stream record that cannot be decoded, or that a target rejects for good."""
 
-    type = "ServerError"
+    type = "Record"
     status = 500
     default_code = "RecordError"
 
 
 class Throttled(RetryableError):
     status = 429
-    type = "ClientError"
+    type = "Throttling"
     default_code = "TooManyRequests"
 
 
@@ -136,11 +151,13 @@ class Unavailable(RetryableError):
 
 class UpstreamError(RetryableError):
     status = 502
+    type = "Recommender"
     default_code = "UpstreamError"
 
 
 class UpstreamTimeout(RetryableError):
     status = 504
+    type = "Recommender"
     default_code = "UpstreamTimeout"
 
 

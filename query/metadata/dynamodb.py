@@ -1,9 +1,15 @@
-"""``dynamodb``: item metadata in a DynamoDB table, one item per ``itemId``.
+"""``dynamodb``: item metadata in a DynamoDB table, one table per namespace.
 
-Table layout: partition key ``itemId`` (string), no sort key; every other attribute of an item is
-its metadata, returned as plain JSON values (numbers as ``int`` or ``float``, sets as sorted
-lists, binary as base64 text). The table is ``tableName`` when set, else
-``p13n-items-{namespace}`` (``DEFAULT_TABLE``), so one table serves one namespace.
+Two layouts (``layout``), so a migration from the sample project reads its tables as they are:
+
+- ``sample`` (the default): the sample project's tables. Table
+  ``PersonalizationApiItemMetadata_{namespace}``, partition key ``id`` (string), the metadata
+  in the item's ``attributes`` map.
+- ``p13n``: table ``p13n-items-{namespace}``, partition key ``itemId`` (string), every other
+  attribute of the item is its metadata.
+
+``tableName`` names the table in either layout. Values are returned as plain JSON (numbers as
+``int`` or ``float``, sets as sorted lists, binary as base64 text); no sort key.
 
 A lookup asks BatchGetItem for at most ``BATCH`` (100) keys per call, all chunks in parallel in
 worker threads. Keys DynamoDB answers as ``UnprocessedKeys`` (throttling, the 16 MB response
@@ -23,6 +29,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -31,17 +38,40 @@ from schemas.errors import Throttled
 if TYPE_CHECKING:
     from query.metadata import MetadataContext
 
-KEY = "itemId"
-DEFAULT_TABLE = "p13n-items-{namespace}"
+
+@dataclass(frozen=True)
+class Layout:
+    """Where an item's id and metadata sit in a table of this layout."""
+
+    table: str  # the default table name, formatted with the namespace
+    key: str
+    nested: str | None  # the attribute holding the metadata; None: all other attributes
+
+    def metadata(self, attributes: dict[str, Any]) -> Any:
+        if self.nested is None:
+            attributes.pop(self.key, None)
+            return attributes
+        return attributes.get(self.nested, {})
+
+
+LAYOUTS: Mapping[str, Layout] = {
+    "sample": Layout("PersonalizationApiItemMetadata_{namespace}", "id", "attributes"),
+    "p13n": Layout("p13n-items-{namespace}", "itemId", None),
+}
+DEFAULT_LAYOUT = "sample"
 BATCH = 100  # BatchGetItem takes at most 100 keys
 MAX_ROUNDS = 6
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 1.0
 
 
+def layout_of(settings: Mapping[str, Any]) -> Layout:
+    return LAYOUTS[str(settings.get("layout") or DEFAULT_LAYOUT)]
+
+
 def table_for(settings: Mapping[str, Any], namespace: str) -> str:
     """The table holding ``namespace``'s items under these settings."""
-    return str(settings.get("tableName") or DEFAULT_TABLE.format(namespace=namespace))
+    return str(settings.get("tableName") or layout_of(settings).table.format(namespace=namespace))
 
 
 def plain(value: Any) -> Any:
@@ -72,6 +102,7 @@ class DynamoDbMetadata:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._settings = settings
+        self._layout = layout_of(settings)
         self._sleep = sleep
         self._client: Any = None
         self._lock = threading.Lock()
@@ -120,7 +151,8 @@ class DynamoDbMetadata:
 
         dynamodb = self._dynamodb()
         deserializer = TypeDeserializer()
-        request: dict[str, Any] = {table: {"Keys": [{KEY: {"S": i}} for i in item_ids]}}
+        layout = self._layout
+        request: dict[str, Any] = {table: {"Keys": [{layout.key: {"S": i}} for i in item_ids]}}
         found: dict[str, Any] = {}
         for round_ in range(MAX_ROUNDS):
             if round_:
@@ -131,9 +163,9 @@ class DynamoDbMetadata:
                 raise translate(exc, f"dynamodb BatchGetItem {table}") from exc
             for item in answer.get("Responses", {}).get(table, []):
                 attributes = {name: deserializer.deserialize(v) for name, v in item.items()}
-                item_id = attributes.pop(KEY, None)
+                item_id = attributes.get(layout.key)
                 if isinstance(item_id, str):
-                    found[item_id] = plain(attributes)
+                    found[item_id] = plain(layout.metadata(attributes))
             request = answer.get("UnprocessedKeys") or {}
             if not request.get(table, {}).get("Keys"):
                 return found
@@ -142,6 +174,7 @@ class DynamoDbMetadata:
             f"dynamodb BatchGetItem {table}: {left} key(s) still unprocessed after "
             f"{MAX_ROUNDS} calls",
             code="UnprocessedKeys",
+            type_="DynamoDB",
         )
 
 
@@ -164,6 +197,7 @@ def write_items(
     from streams.aws import client
 
     table = table_for(settings, namespace)
+    layout = layout_of(settings)
     dynamodb = client(
         "dynamodb", region=settings.get("region"), endpoint_url=settings.get("endpointUrl")
     )
@@ -173,7 +207,7 @@ def write_items(
 
     def flush() -> None:
         requests = [
-            {"PutRequest": {"Item": {KEY: {"S": item_id}, **_attributes(serializer, metadata)}}}
+            {"PutRequest": {"Item": _item(serializer, layout, item_id, metadata)}}
             for item_id, metadata in pending.items()
         ]
         _batch_write(dynamodb, table, requests, sleep)
@@ -192,10 +226,15 @@ def write_items(
     return count
 
 
-def _attributes(serializer: Any, metadata: Mapping[str, Any]) -> dict[str, Any]:
+def _item(
+    serializer: Any, layout: Layout, item_id: str, metadata: Mapping[str, Any]
+) -> dict[str, Any]:
     # TypeSerializer refuses floats; JSON numbers go through Decimal unchanged.
     exact = json.loads(json.dumps(metadata), parse_float=Decimal)
-    return {name: serializer.serialize(value) for name, value in exact.items() if name != KEY}
+    if layout.nested is not None:
+        return {layout.key: {"S": item_id}, layout.nested: serializer.serialize(exact)}
+    attributes = {name: serializer.serialize(v) for name, v in exact.items() if name != layout.key}
+    return {layout.key: {"S": item_id}, **attributes}
 
 
 def _batch_write(
@@ -220,4 +259,5 @@ def _batch_write(
         f"dynamodb BatchWriteItem {table}: {len(request[table])} item(s) still unprocessed "
         f"after {MAX_ROUNDS} calls",
         code="UnprocessedItems",
+        type_="DynamoDB",
     )

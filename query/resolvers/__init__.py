@@ -41,6 +41,19 @@ REGISTRY: Mapping[str, str] = MappingProxyType(
 )
 
 
+# type → the ``type`` of the error body when that backend fails (the sample project's words).
+ERROR_TYPES: Mapping[str, str] = MappingProxyType(
+    {
+        "personalize-campaign": "Personalize",
+        "personalize-recommender": "Personalize",
+        "sagemaker": "SageMaker",
+        "lambda": "Function",
+        "http": "Http",
+        "local": "Recommender",
+    }
+)
+
+
 def build_resolver(variation: Variation, context: ResolverContext) -> Resolver:
     where = REGISTRY.get(variation.type)
     if where is None:

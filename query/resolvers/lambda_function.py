@@ -2,8 +2,8 @@
 
 The event is the JSON payload documented in ``query.resolvers.remote``; the function returns the
 documented JSON answer (``itemList`` or ``personalizedRanking``, the one for the action), else
-502. A function that raises (``FunctionError`` in the answer) is a 502 with code
-``FunctionError``; its error type is in the message, its stack trace is not. The client: the
+502. A function that raises (``FunctionError`` in the answer) is a 502 with the sample's code
+``FunctionInvokeError``; its error type is in the message, its stack trace is not. The client: the
 ARN's region, ``endpointUrl`` if set, read timeout = ``timeoutMs``, adaptive retries.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from query.base import Query, Recommendations
 from query.resolvers import ResolverContext
-from query.resolvers.remote import aws_client, boto_error, parse, payload
+from query.resolvers.remote import Documents, aws_client, boto_error, parse, payload
 from schemas.config import Variation
 from schemas.errors import P13nError, UpstreamError
 
@@ -23,6 +23,7 @@ from schemas.errors import P13nError, UpstreamError
 class LambdaResolver:
     def __init__(self, variation: Variation, context: ResolverContext) -> None:
         self.name = variation.name
+        self._documents = Documents.of(variation, context)
         self._arn: str = variation.options["arn"]
         self._what = f"lambda {self._arn}"
         self._lambda = aws_client(
@@ -39,7 +40,7 @@ class LambdaResolver:
         self._lambda.close()
 
     def _resolve(self, query: Query) -> Recommendations:
-        event = json.dumps(payload(query, self.name)).encode()
+        event = json.dumps(payload(query, self._documents)).encode()
         try:
             answer = self._lambda.get().invoke(
                 FunctionName=self._arn, InvocationType="RequestResponse", Payload=event
@@ -52,7 +53,7 @@ class LambdaResolver:
         if answer.get("FunctionError"):
             raise UpstreamError(
                 f"{self._what}: function error ({answer['FunctionError']}): {_error_type(raw)}",
-                code="FunctionError",
+                code="FunctionInvokeError",
             )
         return parse(raw, query, self._what)
 

@@ -10,9 +10,9 @@ variation's ``inferenceItemMetadata`` is of type ``personalize``.
 
 Filters, first match wins:
 
-1. a filter *name* in the query (``filter``) becomes
+1. a filter in the query (``filter``): a filter ARN is used as it is; a filter *name* becomes
    ``arn:PARTITION:personalize:REGION:ACCOUNT:filter/NAME``, with its ``filterValues`` the
-   caller's; region and account are the variation ARN's when they are real values (not
+   caller's (anything else is 400 ``InvalidFilterParameter``); region and account are the variation ARN's when they are real values (not
    documented placeholders), else the ``region``/``accountId`` options, else the client's region
    and the caller's account (STS GetCallerIdentity, asked once per resolver);
 2. else the first of the variation's ``filters`` whose ``condition`` the request meets
@@ -47,6 +47,9 @@ _REAL_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
 _REAL_ACCOUNT = re.compile(r"^[0-9]{12}$")
 # Personalize's own constraint on filter names; anything else could reshape the ARN.
 _FILTER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$")
+_FILTER_ARN = re.compile(
+    r"^arn:aws(-[a-z]+)*:personalize:[a-z0-9-]+:[0-9]{12}:filter/[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$"
+)
 
 
 @dataclass(frozen=True)
@@ -157,8 +160,13 @@ class PersonalizeResolver:
         return chosen.arn, {**auto, **query.filter_values}
 
     def _named_filter_arn(self, name: str) -> str:
+        if _FILTER_ARN.match(name):
+            return name
         if not _FILTER_NAME.match(name):
-            raise InvalidRequest(f"'{name}' is not a Personalize filter name", code="InvalidFilter")
+            raise InvalidRequest(
+                f"'{name}' is neither a Personalize filter name nor a filter ARN",
+                code="InvalidFilterParameter",
+            )
         region = self._region or self._runtime.get().meta.region_name
         return f"arn:{self._partition}:personalize:{region}:{self._account_id()}:filter/{name}"
 

@@ -1,16 +1,23 @@
 """What the remote resolvers share: the request they send, the answer they accept, and how a
 backend's failure becomes a query-path error.
 
-The payload (the JSON body of a Lambda or SageMaker call; ``payload``)::
+The payload (the JSON body of a Lambda or SageMaker call; ``payload``) is the sample project's,
+so a function or model written for the sample works unchanged::
 
-    {"action": "recommend-items" | "related-items" | "rerank-items",
-     "namespace": str, "recommender": str, "variation": str,
-     "userId": str | null, "itemId": str | null, "itemIds": [str, ...],
-     "numResults": int, "filter": str | null,
-     "filterValues": {str: str}, "context": {str: str}}
+    {"version": "1.0",
+     "action": "recommend-items" | "related-items" | "rerank-items",
+     "recommender": {"path": <recommender name>, "config": <its config object>},
+     "variation": <the variation's config object>,
+     "userId": str,            # related-items: "" without a user
+     "itemId": str,            # related-items only
+     "numResults": int,        # recommend-items and related-items, at most 500
+     "itemList": [str, ...],   # rerank-items only: the item ids to rerank
+     "context": {str: str},    # only when the request has context
+     "namespace": str,         # p13n's additions, which a sample function ignores
+     "filter": str, "filterValues": {str: str}}   # only when given
 
-Every key is always present. ``numResults`` is at most 500; ``itemIds`` is the list to rerank
-(empty for the other actions); ``filterValues`` are the caller's, in Personalize's format.
+Config objects are as in the config document, with inherited keys (``autoContext``,
+``filters``, ``cacheControl``, ``inferenceItemMetadata``) filled in, as the sample sent them.
 
 The answer (``recommendations``): a JSON object whose action key (``itemList`` for
 recommend-items and related-items, ``personalizedRanking`` for rerank-items) holds a list of
@@ -27,14 +34,16 @@ valid, the backend failed to answer it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
 
 from query.base import MAX_RESULTS, Query, Recommendations
+from schemas.config import Variation, thawed
 from schemas.errors import (
     P13nError,
     Throttled,
@@ -44,29 +53,53 @@ from schemas.errors import (
 )
 from streams.aws import client, translate
 
+if TYPE_CHECKING:
+    from query.resolvers import ResolverContext
+
 # One retry at most: the service bounds the whole call by the variation's timeout anyway, and
 # adaptive mode slows this client down by itself once the backend throttles it.
 MAX_ATTEMPTS = 2
 CONNECT_TIMEOUT_S = 2.0
 BAD_RESPONSE = "BadResponse"
+PAYLOAD_VERSION = "1.0"
 _decode = msgspec.json.Decoder().decode
 
 
-def payload(query: Query, variation: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Documents:
+    """The config objects a payload carries, thawed once when the resolver is built."""
+
+    recommender: Mapping[str, Any]
+    variation: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, variation: Variation, context: ResolverContext) -> Documents:
+        return cls(thawed(context.recommender.document), thawed(variation.document))
+
+
+def payload(query: Query, documents: Documents) -> dict[str, Any]:
     """The documented request body for ``query`` (see the module docstring)."""
-    return {
+    body: dict[str, Any] = {
+        "version": PAYLOAD_VERSION,
         "action": query.action,
-        "namespace": query.namespace,
-        "recommender": query.recommender,
-        "variation": variation,
-        "userId": query.user_id,
-        "itemId": query.item_id,
-        "itemIds": list(query.item_ids),
-        "numResults": min(query.num_results, MAX_RESULTS),
-        "filter": query.filter,
-        "filterValues": dict(query.filter_values),
-        "context": dict(query.context),
+        "recommender": {"path": query.recommender, "config": documents.recommender},
+        "variation": documents.variation,
+        "userId": query.user_id or "",
     }
+    if query.action == "rerank-items":
+        body["itemList"] = list(query.item_ids)
+    else:
+        if query.action == "related-items":
+            body["itemId"] = query.item_id
+        body["numResults"] = min(query.num_results, MAX_RESULTS)
+    if query.context:
+        body["context"] = dict(query.context)
+    body["namespace"] = query.namespace
+    if query.filter is not None:
+        body["filter"] = query.filter
+    if query.filter_values:
+        body["filterValues"] = dict(query.filter_values)
+    return body
 
 
 def recommendations(document: Any, query: Query, what: str) -> Recommendations:

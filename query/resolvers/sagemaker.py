@@ -14,7 +14,7 @@ import json
 
 from query.base import Query, Recommendations
 from query.resolvers import ResolverContext
-from query.resolvers.remote import aws_client, boto_error, parse, payload
+from query.resolvers.remote import Documents, aws_client, boto_error, parse, payload
 from schemas.config import Variation
 from schemas.errors import P13nError
 
@@ -24,6 +24,7 @@ JSON = "application/json"
 class SageMakerResolver:
     def __init__(self, variation: Variation, context: ResolverContext) -> None:
         self.name = variation.name
+        self._documents = Documents.of(variation, context)
         self._endpoint: str = variation.options["endpointName"]
         self._what = f"sagemaker endpoint {self._endpoint}"
         self._runtime = aws_client(
@@ -40,7 +41,7 @@ class SageMakerResolver:
         self._runtime.close()
 
     def _resolve(self, query: Query) -> Recommendations:
-        body = json.dumps(payload(query, self.name)).encode()
+        body = json.dumps(payload(query, self._documents)).encode()
         try:
             answer = self._runtime.get().invoke_endpoint(
                 EndpointName=self._endpoint, Body=body, ContentType=JSON, Accept=JSON

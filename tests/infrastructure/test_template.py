@@ -22,7 +22,7 @@ from jsonschema import Draft4Validator, Draft202012Validator
 from consumers.experiment_store import table_spec
 from consumers.supervisor import select_targets
 from consumers.targets import REGISTRY as TARGET_TYPES
-from query.metadata.dynamodb import DEFAULT_TABLE, KEY
+from query.metadata.dynamodb import LAYOUTS
 from query.resolvers import REGISTRY as VARIATION_TYPES
 from schemas.config import Config, default_document, load_config
 from streams.dynamodb_checkpoints import create_table
@@ -244,11 +244,13 @@ def test_tables_are_keyed_and_billed_as_the_code_creates_them(template: dict[str
 
     assert key_schema(tables["ExperimentsTable"]) == key_schema(table_spec("p13n-experiments"))
 
+    # The template's item tables have the p13n layout (the sample config says so).
     items = tables["ItemsTable&{Namespace}"]
-    assert key_schema(items) == ([(KEY, "HASH")], [(KEY, "S")])
+    key = LAYOUTS["p13n"].key
+    assert key_schema(items) == ([(key, "HASH")], [(key, "S")])
     # With the default prefix the tables are named as p13n looks for them.
     assert items["TableName"] == {"Fn::Sub": "${NamePrefix}-items-${Namespace}"}
-    assert DEFAULT_TABLE == "p13n-items-{namespace}"
+    assert LAYOUTS["p13n"].table == "p13n-items-{namespace}"
     assert template["Parameters"]["NamePrefix"]["Default"] == "p13n"
 
 

@@ -58,14 +58,14 @@ def test_a_full_sample_body_decodes():
             "Expected `float | null`, got `str` - at `$.eventList[0].eventValue`",
         ),
         (event(trackingId="t"), "unknown field `trackingId` - at `$.eventList[0]`"),
-        (body(trackingId="t"), "unknown field `trackingId`"),
+        (body(trackingID="t"), "unknown field `trackingID`"),
         (body(eventList=[{"eventType": "v"}] * 11), "length <= 10 - at `$.eventList`"),
         (body(sessionId="s" * 257), "length <= 256 - at `$.sessionId`"),
         (body(sessionId=7), "Expected `str | null`, got `int` - at `$.sessionId`"),
         (b"[]", "Expected `object`, got `array`"),
         (
-            body(experimentConversions=[{"recommender": "r", "feature": "f"}]),
-            "missing required field `metric` - at `$.experimentConversions[0]`",
+            body(experimentConversions=[{"feature": "f"}]),
+            "missing required field `recommender` - at `$.experimentConversions[0]`",
         ),
     ],
 )
@@ -74,6 +74,10 @@ def test_invalid_bodies_name_the_field(raw, message):
         decode_body(raw)
     assert message in caught.value.message
     assert caught.value.status == 400
+    # The sample project's codes: its own for conversions, PutEvents' for the rest.
+    conversions = "experimentConversions" in message
+    expected = "InvalidExperimentConversions" if conversions else "ValidationError"
+    assert caught.value.code == expected
 
 
 @pytest.mark.parametrize(
@@ -83,5 +87,5 @@ def test_invalid_bodies_name_the_field(raw, message):
 def test_malformed_json_gives_the_position(raw, position):
     with pytest.raises(InvalidRequest) as caught:
         decode_body(raw)
-    assert caught.value.code == "MalformedJson"
+    assert caught.value.code == "InvalidJSONRequestPayload"
     assert position in caught.value.message

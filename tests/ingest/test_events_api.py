@@ -41,6 +41,16 @@ with warnings.catch_warnings():
 
 JSON = {"content-type": "application/json"}
 ERROR_KEYS = {"type", "code", "message"}
+# The sample project's error types, by the status p13n answers.
+ERROR_TYPES = {
+    400: "Validation",
+    401: "Authorization",
+    403: "Authorization",
+    404: "Configuration",
+    405: "Validation",
+    413: "Validation",
+    415: "Validation",
+}
 RECORD_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -62,7 +72,7 @@ def assert_error(
     body = response.json()
     assert set(body) == ERROR_KEYS, (what, body)
     assert body["code"] == code, (what, body)
-    assert body["type"] == "ClientError", what
+    assert body["type"] == ERROR_TYPES[status], (what, body)
     assert isinstance(body["message"], str) and body["message"]
     assert "Traceback" not in body["message"]
     return body
@@ -233,39 +243,32 @@ def _bad_requests(limit: int) -> list[tuple[str, dict[str, Any], int, str]]:
 
     return [
         ("unknown namespace", body(ok, "nope"), 404, "NamespaceNotFound"),
-        ("no event targets", body(ok, "catalog"), 404, "EventTargetsNotConfigured"),
+        ("no event targets", body(ok, "catalog"), 404, "NamespaceEventTargetsNotFound"),
         (
             "unknown recommender",
             body({**ok, "experimentConversions": [{**CONVERSION, "recommender": "nope"}]}),
             400,
-            "ValidationError",
+            "InvalidRecommender",
         ),
         (
             "unknown feature",
             body({**ok, "experimentConversions": [{**CONVERSION, "feature": "nope"}]}),
             400,
-            "ValidationError",
+            "InvalidExperimentFeature",
         ),
         (
             "unknown metric",
             body({**ok, "experimentConversions": [{**CONVERSION, "metric": "nope"}]}),
             400,
-            "ValidationError",
+            "InvalidExperimentMetric",
         ),
         (
             "conversion without userId",
             body({"sessionId": "s", "experimentConversions": [CONVERSION]}),
             400,
-            "ValidationError",
+            "UserIdRequired",
         ),
         ("no sessionId", body({"userId": "u", "eventList": [VIEW]}), 400, "ValidationError"),
-        ("neither list", body({"sessionId": "s", "userId": "u"}), 400, "ValidationError"),
-        (
-            "empty lists",
-            body({"sessionId": "s", "eventList": [], "experimentConversions": []}),
-            400,
-            "ValidationError",
-        ),
         (
             "wrong content type",
             {**body(ok), "headers": {"content-type": "text/plain"}},
@@ -289,13 +292,13 @@ def _bad_requests(limit: int) -> list[tuple[str, dict[str, Any], int, str]]:
             "truncated JSON",
             {**body(ok), "content": b'{"sessionId": "s", "eventList": ['},
             400,
-            "MalformedJson",
+            "InvalidJSONRequestPayload",
         ),
         (
             "invalid JSON",
             {**body(ok), "content": b'{"sessionId": s-1, "eventList": []}'},
             400,
-            "MalformedJson",
+            "InvalidJSONRequestPayload",
         ),
         (
             "properties over 1024 after auto-context",
@@ -309,7 +312,7 @@ def _bad_requests(limit: int) -> list[tuple[str, dict[str, Any], int, str]]:
             400,
             "ValidationError",
         ),
-        ("unknown field", body({**ok, "trackingId": "t"}), 400, "ValidationError"),
+        ("unknown field", body({**ok, "trackingID": "t"}), 400, "ValidationError"),
         (
             "unknown event field",
             body({**ok, "eventList": [{**VIEW, "color": "red"}]}),
@@ -388,7 +391,7 @@ def test_every_bad_request_gets_its_error_and_writes_nothing(service_factory: An
             response = client.post(**request)
             body = assert_error(response, status, code, what)
             assert response.headers["x-personalization-config-version"] == "shop-7", what
-            if code == "MalformedJson":
+            if code == "InvalidJSONRequestPayload":
                 assert "byte" in body["message"], body
             if what.startswith("unknown recommender"):
                 assert "nope" in body["message"]
@@ -396,6 +399,60 @@ def test_every_bad_request_gets_its_error_and_writes_nothing(service_factory: An
         wrong_method = client.get("/events/shop")
         assert_error(wrong_method, 405, "MethodNotAllowed")
     assert len(service.tail()) == before
+
+
+def test_what_the_sample_accepted_is_accepted(service_factory: Any) -> None:
+    """Bodies the sample project took: ``trackingId`` (ignored), nothing to record (a success
+    that writes nothing), a conversion naming neither feature nor metric where the config has
+    one of each, a conversion without a session, ``properties: ""``."""
+    two = copy.deepcopy(SHOP_CONFIG)
+    rec = two["namespaces"]["shop"]["recommenders"]["recommend-items"]["for-you"]
+    rec["experiments"]["second"] = copy.deepcopy(rec["experiments"]["for-you-ranking"])
+    two["namespaces"]["shop"]["recommenders"]["recommend-items"]["two"] = rec
+    del two["namespaces"]["shop"]["recommenders"]["recommend-items"]["for-you"]
+    two["namespaces"]["shop"]["recommenders"]["recommend-items"]["for-you"] = copy.deepcopy(
+        SHOP_CONFIG["namespaces"]["shop"]["recommenders"]["recommend-items"]["for-you"]
+    )
+    assert validate_document(two) == []
+    service = service_factory(two)
+    with service.client() as client:
+        for nothing in ({}, {"sessionId": "s", "eventList": [], "experimentConversions": []}):
+            empty = post(client, "shop", nothing)
+            assert empty.status_code == 202, empty.text
+            assert empty.json() == {"accepted": 0, "recordId": None}
+            assert empty.headers["cache-control"] == "no-store"
+        assert service.tail() == []
+
+        tracked = post(
+            client,
+            "shop",
+            {"trackingId": "tid-1", "sessionId": "s1", "eventList": [{**VIEW, "properties": ""}]},
+        )
+        assert tracked.status_code == 202, tracked.text
+        assert tracked.headers["cache-control"] == "no-store"
+        unnamed = post(
+            client,
+            "shop",
+            {"userId": "u9", "experimentConversions": [{"recommender": "for-you", "value": 2}]},
+        )
+        assert unnamed.status_code == 202, unnamed.text
+        ambiguous = post(
+            client, "shop", {"userId": "u9", "experimentConversions": [{"recommender": "two"}]}
+        )
+        assert_error(ambiguous, 400, "InvalidExperimentFeature")
+        records = by_record_id(service)
+
+    event = records[tracked.json()["recordId"]]["record"]
+    assert "trackingId" not in event
+    # Only auto-context, none of the client's own: "" was no properties at all.
+    assert set(json.loads(event["eventList"][0]["properties"])) <= {"deviceType"}
+    conversion = records[unnamed.json()["recordId"]]
+    assert conversion["partitionKey"] == "u9"
+    assert conversion["record"]["sessionId"] == ""
+    assert conversion["record"]["experimentConversions"] == [
+        {"recommender": "for-you", "feature": "for-you-ranking", "metric": "recClicked", "value": 2}
+    ]
+    assert len(records) == 2
 
 
 def test_huge_integer_in_properties_string_is_a_400(service_factory: Any) -> None:
@@ -564,7 +621,7 @@ def present(fields: dict[str, Any]) -> dict[str, Any]:
 @st.composite
 def events(draw: st.DrawFn, faults: Faults) -> dict[str, Any]:
     f = Fields(draw, faults)
-    props = st.sampled_from([MISSING, None]) | PROPS | PROPS.map(json.dumps)
+    props = st.sampled_from([MISSING, None, ""]) | PROPS | PROPS.map(json.dumps)
     event = {
         "eventType": f(IDS, st.just(MISSING) | st.none() | BAD_IDS),
         "eventId": f.optional(IDS, BAD_IDS),
@@ -602,8 +659,9 @@ def conversions(draw: st.DrawFn, faults: Faults) -> dict[str, Any]:
     f = Fields(draw, faults)
     conversion = {
         "recommender": f(st.just("for-you"), st.sampled_from(["nope", "similar", "", MISSING, 3])),
-        "feature": f(st.just("for-you-ranking"), st.sampled_from(["nope", MISSING])),
-        "metric": f(st.just("recClicked"), st.sampled_from(["nope", MISSING])),
+        # Either may be left out: the recommender has one experiment, the experiment one metric.
+        "feature": f(st.sampled_from(["for-you-ranking", MISSING]), st.just("nope")),
+        "metric": f(st.sampled_from(["recClicked", MISSING]), st.just("nope")),
         "value": f.optional(st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=2)),
     }
     return present(conversion)
@@ -614,7 +672,7 @@ def bodies(draw: st.DrawFn) -> tuple[dict[str, Any], bool]:
     """A request body and whether the service must accept it (properties length aside)."""
     faults = Faults(draw(st.sampled_from(["clean", "single", "many"])), draw(st.integers(1, 30)))
     f = Fields(draw, faults)
-    session = f(IDS, st.just(MISSING) | st.none() | BAD_IDS)
+    session = f(IDS | st.just(MISSING) | st.none(), BAD_IDS)
     user = f(IDS | IDS | st.just(MISSING) | st.none(), BAD_IDS)
     event_list = f(
         st.lists(events(faults), min_size=1, max_size=10)
@@ -631,10 +689,11 @@ def bodies(draw: st.DrawFn) -> tuple[dict[str, Any], bool]:
     )
     n_events = len(event_list) if isinstance(event_list, list) else 0
     n_conversions = len(conversion_list) if isinstance(conversion_list, list) else 0
+    # Nothing to record is a success that writes nothing; conversions alone need no session.
     ok = (
         faults.ok
-        and (n_events or n_conversions)
         and not (n_conversions and user in (MISSING, None))
+        and not (n_events and session in (MISSING, None))
     )
     body = present(
         {
@@ -642,7 +701,7 @@ def bodies(draw: st.DrawFn) -> tuple[dict[str, Any], bool]:
             "userId": user,
             "eventList": event_list,
             "experimentConversions": conversion_list,
-            "trackingId": f(st.just(MISSING), st.just("t")),
+            "trackingId": f(st.sampled_from([MISSING, None, "t"]), st.just({"t": 1})),
         }
     )
     return body, bool(ok and faults.ok)
@@ -658,7 +717,7 @@ DEVICE_HEADERS = {
 def expected_properties(given: Any, device: str) -> dict[str, Any] | None:
     """The merged properties, or None when they are over Personalize's 1,024 characters."""
     if isinstance(given, str):
-        given = json.loads(given)
+        given = json.loads(given) if given else None
     merged = {"deviceType": device, **(given or {})}
     text = json.dumps(merged, separators=(",", ":"), ensure_ascii=False)
     return merged if len(text) <= 1024 else None
@@ -763,12 +822,16 @@ def test_any_body_is_accepted_whole_or_refused_without_a_trace(
         return
     assert response.status_code == 202, (body, response.text)
     answer = response.json()
+    if not body.get("eventList") and not body.get("experimentConversions"):
+        assert answer == {"accepted": 0, "recordId": None}
+        assert written == []
+        return
     assert [r["recordId"].hex() for r in written] == [answer["recordId"]]
     record = written[0]
     events = body.get("eventList", [])
     assert answer["accepted"] == len(events)
     assert record["namespace"] == "demo"
-    assert record["sessionId"] == body["sessionId"]
+    assert record["sessionId"] == (body.get("sessionId") or "")
     assert record["userId"] == body.get("userId")
     assert record["context"] == {
         "ua": "testclient",
@@ -792,7 +855,12 @@ def test_any_body_is_accepted_whole_or_refused_without_a_trace(
             sent.get("properties"), device
         )
     expected_conversions = [
-        {**c, "value": None if c.get("value") is None else float(c["value"])}
+        {
+            "recommender": c["recommender"],
+            "feature": "for-you-ranking",
+            "metric": "recClicked",
+            "value": None if c.get("value") is None else float(c["value"]),
+        }
         for c in body.get("experimentConversions", [])
     ]
     assert record["experimentConversions"] == expected_conversions

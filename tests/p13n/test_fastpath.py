@@ -109,7 +109,7 @@ def test_an_unexpected_error_in_a_direct_route_is_a_json_500_counted_by_route(tm
         answer = test_client.get("/boom/x")
     assert answer.status_code == 500
     assert answer.json() == {
-        "type": "ServerError",
+        "type": "Unhandled",
         "code": "InternalError",
         "message": "An internal error occurred",
     }

@@ -363,7 +363,7 @@ def test_bad_input_is_a_400_json_error_and_writes_nothing(
 
     assert answer["statusCode"] == 400
     body = json_body(answer)
-    assert body["type"] == "ClientError"
+    assert body["type"] == "Validation"
     assert body["code"] == "ValidationError"
     assert "eventType" in body["message"]
     assert records_in(deployed.endpoint, deployed.stream) == []
@@ -416,7 +416,7 @@ def test_an_embedded_stream_fails_at_the_first_invocation_with_a_503(
     for answer in answers:
         assert answer["statusCode"] == 503
         assert json_body(answer) == {
-            "type": "ServerError",
+            "type": "Unavailable",
             "code": "ServiceUnavailable",
             "message": "The service could not start; the function's logs say why",
         }

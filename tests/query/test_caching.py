@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from query.base import Query
-from query.caching import Entry, Policy, ResponseCache, make_etag, still_fresh
+from query.caching import Entry, Policy, ResponseCache, make_etag, still_fresh, url_tag
 from schemas.config import CacheControl
 
 RULES = CacheControl.from_config(
@@ -44,14 +44,21 @@ def test_post_is_no_store_and_no_rule_means_no_headers() -> None:
 
 
 def test_etag_freshness_is_its_embedded_expiry() -> None:
-    tag = make_etag(b"body", 1_000)
-    assert tag.startswith('"') and tag.endswith('-1000"')
-    assert still_fresh(tag, 999.0)
-    assert not still_fresh(tag, 1000.0)
-    assert still_fresh(f'W/"other-5", {tag}', 10.0)
-    assert not still_fresh('"not-ours"', 0.0)
-    assert not still_fresh(None, 0.0)
-    assert make_etag(b"body", 1_000) != make_etag(b"other", 1_000)
+    url = url_tag("/recommend-items/ns/rec/u1", "numResults=5")
+    tag = make_etag(b"body", 1_000, url)
+    assert still_fresh(tag, 999.0, url)
+    assert not still_fresh(tag, 1000.0, url)
+    assert still_fresh(f'W/"other-5", {tag}', 10.0, url)
+    assert not still_fresh('"not-ours"', 0.0, url)
+    assert not still_fresh(None, 0.0, url)
+    assert make_etag(b"body", 1_000, url) != make_etag(b"other", 1_000, url)
+    # Bound to its URL: a fresh tag of another URL (path or parameters) is not ours here.
+    for other in (
+        url_tag("/recommend-items/ns/rec/u2", "numResults=5"),
+        url_tag("/recommend-items/ns/rec/u1", "numResults=6"),
+    ):
+        assert other != url
+        assert not still_fresh(tag, 999.0, other)
 
 
 class Clock:

@@ -145,7 +145,12 @@ def test_a_dynamodb_namespace_is_loaded_into_its_table(moto_server: str, tmp_pat
         BillingMode="PAY_PER_REQUEST",
     )
     try:
-        settings = {"type": "dynamodb", "tableName": table, "endpointUrl": moto_server}
+        settings = {
+            "type": "dynamodb",
+            "layout": "p13n",
+            "tableName": table,
+            "endpointUrl": moto_server,
+        }
         config = write_config(tmp_path, settings)
         source = tmp_path / "items.jsonl"
         lines = [json.dumps({"itemId": f"i{n}", "price": n + 0.5}) for n in range(60)]

@@ -1,5 +1,6 @@
 """The ``dynamodb`` item metadata store against moto over a socket, and behind a proxy that
-answers part of each BatchGetItem as UnprocessedKeys."""
+answers part of each BatchGetItem as UnprocessedKeys. Tests of the p13n layout name it; the
+sample project's layout (the default) has tests of its own at the end."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def make_table(moto_server: str) -> Iterator[Callable[..., str]]:
 
 def fill(endpoint: str, table: str, count: int) -> None:
     rows = ((f"i{n}", {"name": f"item {n}", "rank": n}) for n in range(count))
-    settings = {"type": "dynamodb", "tableName": table, "endpointUrl": endpoint}
+    settings = {"type": "dynamodb", "layout": "p13n", "tableName": table, "endpointUrl": endpoint}
     assert write_items(settings, "shop", rows) == count
 
 
@@ -70,7 +71,12 @@ def test_lookups_of_more_than_one_batch_find_every_item(
     table = make_table()
     count = BATCH * 2 + 50
     fill(moto_server, table, count)
-    settings = {"type": "dynamodb", "tableName": table, "endpointUrl": moto_server}
+    settings = {
+        "type": "dynamodb",
+        "layout": "p13n",
+        "tableName": table,
+        "endpointUrl": moto_server,
+    }
     store = build_metadata(settings, context(tmp_path))
     assert isinstance(store, DynamoDbMetadata)
     try:
@@ -103,7 +109,8 @@ def test_attribute_types_become_plain_json(
     )
     dynamodb.close()
     store = DynamoDbMetadata(
-        {"type": "dynamodb", "tableName": table, "endpointUrl": moto_server}, context(tmp_path)
+        {"type": "dynamodb", "layout": "p13n", "tableName": table, "endpointUrl": moto_server},
+        context(tmp_path),
     )
     try:
         found = lookup(store, "shop", ["a"])
@@ -130,7 +137,9 @@ def test_the_table_defaults_to_one_per_namespace(
     namespace = f"ns{uuid.uuid4().hex[:8]}"
     table = make_table(f"p13n-items-{namespace}")
     fill(moto_server, table, 3)
-    store = DynamoDbMetadata({"type": "dynamodb", "endpointUrl": moto_server}, context(tmp_path))
+    store = DynamoDbMetadata(
+        {"type": "dynamodb", "layout": "p13n", "endpointUrl": moto_server}, context(tmp_path)
+    )
     try:
         assert set(lookup(store, namespace, ["i0", "i2", "x"])) == {"i0", "i2"}
         with pytest.raises(NotFound, match="BatchGetItem p13n-items-elsewhere"):
@@ -141,7 +150,7 @@ def test_the_table_defaults_to_one_per_namespace(
 
 def test_an_unreachable_endpoint_is_unavailable(tmp_path: Path) -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
-    settings = {"type": "dynamodb", "tableName": "t", "endpointUrl": endpoint}
+    settings = {"type": "dynamodb", "layout": "p13n", "tableName": "t", "endpointUrl": endpoint}
     store = DynamoDbMetadata(settings, context(tmp_path))
     try:
         with pytest.raises(Unavailable, match="BatchGetItem t"):
@@ -258,7 +267,7 @@ def test_unprocessed_keys_are_asked_again_until_answered(
     fill(moto_server, table, 150)
     proxy = unprocessed_proxy(2)  # the first two calls (both chunks) lose half their keys
     pauses: list[float] = []
-    settings = {"type": "dynamodb", "tableName": table, "endpointUrl": proxy.url}
+    settings = {"type": "dynamodb", "layout": "p13n", "tableName": table, "endpointUrl": proxy.url}
     store = DynamoDbMetadata(settings, context(tmp_path), sleep=pauses.append)
     try:
         found = lookup(store, "shop", [f"i{n}" for n in range(150)])
@@ -280,7 +289,7 @@ def test_keys_never_processed_raise_throttled_after_bounded_rounds(
     fill(moto_server, table, 4)
     proxy = unprocessed_proxy(10_000)
     pauses: list[float] = []
-    settings = {"type": "dynamodb", "tableName": table, "endpointUrl": proxy.url}
+    settings = {"type": "dynamodb", "layout": "p13n", "tableName": table, "endpointUrl": proxy.url}
     store = DynamoDbMetadata(settings, context(tmp_path), sleep=pauses.append)
     try:
         with pytest.raises(Throttled, match="still unprocessed") as caught:
@@ -290,3 +299,103 @@ def test_keys_never_processed_raise_throttled_after_bounded_rounds(
     assert caught.value.code == "UnprocessedKeys"
     assert len(proxy.batch_sizes) == MAX_ROUNDS
     assert len(pauses) == MAX_ROUNDS - 1
+
+
+# -- the sample project's tables, read as they are ---------------------------------------------
+
+
+def sample_table(endpoint: str, namespace: str) -> str:
+    """A table as the sample project's loader made it: named after the namespace, key ``id``,
+    the metadata in an ``attributes`` map."""
+    name = f"PersonalizationApiItemMetadata_{namespace}"
+    dynamodb = client("dynamodb", endpoint_url=endpoint)
+    try:
+        dynamodb.create_table(
+            TableName=name,
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        for n in range(3):
+            dynamodb.put_item(
+                TableName=name,
+                Item={
+                    "id": {"S": f"item-{n + 1}"},
+                    "attributes": {
+                        "M": {"name": {"S": f"Item {n + 1}"}, "price": {"N": f"{n + 1}.5"}}
+                    },
+                },
+            )
+    finally:
+        dynamodb.close()
+    return name
+
+
+def test_the_samples_table_is_the_default_and_read_as_it_is(
+    moto_server: str, tmp_path: Path
+) -> None:
+    namespace = f"ns{uuid.uuid4().hex[:8]}"
+    sample_table(moto_server, namespace)
+    store = DynamoDbMetadata({"type": "dynamodb", "endpointUrl": moto_server}, context(tmp_path))
+    try:
+        found = lookup(store, namespace, ["item-1", "item-3", "nope"])
+    finally:
+        asyncio.run(store.close())
+    assert found == {
+        "item-1": {"name": "Item 1", "price": 1.5},
+        "item-3": {"name": "Item 3", "price": 3.5},
+    }
+
+
+def test_items_loaded_into_the_samples_layout_read_back(moto_server: str, tmp_path: Path) -> None:
+    namespace = f"ns{uuid.uuid4().hex[:8]}"
+    table = sample_table(moto_server, namespace)
+    settings = {"type": "dynamodb", "endpointUrl": moto_server}
+    assert write_items(settings, namespace, [("new", {"name": "New", "rank": 2})]) == 1
+    dynamodb = client("dynamodb", endpoint_url=moto_server)
+    try:
+        stored = dynamodb.get_item(TableName=table, Key={"id": {"S": "new"}})["Item"]
+    finally:
+        dynamodb.close()
+    assert stored == {
+        "id": {"S": "new"},
+        "attributes": {"M": {"name": {"S": "New"}, "rank": {"N": "2"}}},
+    }
+
+
+def test_the_service_decorates_from_the_samples_table(
+    moto_server: str, fake_recommender: Any, service_factory: Callable[..., Any]
+) -> None:
+    namespace = f"ns{uuid.uuid4().hex[:8]}"
+    sample_table(moto_server, namespace)
+    config = {
+        "namespaces": {
+            namespace: {
+                "inferenceItemMetadata": {"type": "dynamodb", "endpointUrl": moto_server},
+                "recommenders": {
+                    "recommend-items": {
+                        "recs": {
+                            "variations": {
+                                "remote": {
+                                    "type": "http",
+                                    "url": fake_recommender.url + "/recs/{userId}?n={numResults}",
+                                }
+                            }
+                        }
+                    }
+                },
+                "eventTargets": [{"type": "interactions"}],
+            }
+        }
+    }
+    service = service_factory(config, extra_args=("--no-consumers",))
+    with service.client() as client_:
+        reply = client_.get(f"/recommend-items/{namespace}/recs/u1?numResults=4")
+    assert reply.status_code == 200, reply.text
+    items = reply.json()["itemList"]
+    assert [i.get("metadata") for i in items] == [
+        {"name": "Item 1", "price": 1.5},
+        {"name": "Item 2", "price": 2.5},
+        {"name": "Item 3", "price": 3.5},
+        None,  # item-4 is not in the table
+    ]

@@ -26,10 +26,16 @@ def test_defaults() -> None:
     assert query.shape == "itemList"
 
 
-@pytest.mark.parametrize("value", ["0", "501", "-1", "ten", "2.5", ""])
+@pytest.mark.parametrize("value", ["0", "-1", "ten", "2.5", ""])
 def test_num_results_out_of_range_or_not_an_integer(value: str) -> None:
-    with pytest.raises(InvalidRequest, match="numResults"):
+    with pytest.raises(InvalidRequest, match="numResults") as caught:
         recommend(numResults=value)
+    assert caught.value.code == "InvalidNumResultsParameter"
+
+
+@pytest.mark.parametrize("value", ["501", "1000", "99999999999999999999"])
+def test_num_results_above_500_are_500_as_the_sample_capped_them(value: str) -> None:
+    assert recommend(numResults=value).num_results == 500  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("value", ["1", "500", "42"])
@@ -46,11 +52,18 @@ def test_bad_json_maps_name_the_parameter(name: str, value: str, reason: str) ->
     with pytest.raises(InvalidRequest, match=name) as caught:
         recommend(**{name: value})
     assert reason in caught.value.message
+    # The sample project's codes.
+    expected = "InvalidContextParameter" if name == "context" else "InvalidFilterParameter"
+    assert caught.value.code == expected
 
 
-def test_json_maps_keep_strings_and_take_numbers_as_text() -> None:
-    query = recommend(context=json.dumps({"DEVICE": "Phone", "HOUR": 7}))
+def test_json_maps_keep_strings_and_refuse_other_values_as_the_openapi_says() -> None:
+    query = recommend(context=json.dumps({"DEVICE": "Phone", "HOUR": "7"}))
     assert dict(query.context) == {"DEVICE": "Phone", "HOUR": "7"}  # type: ignore[attr-defined]
+    for value in (7, 7.5, True, None, ["a"]):
+        with pytest.raises(InvalidRequest, match="HOUR must be a string") as caught:
+            recommend(context=json.dumps({"HOUR": value}))
+        assert caught.value.code == "InvalidContextParameter"
 
 
 @pytest.mark.parametrize(

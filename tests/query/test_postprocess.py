@@ -69,7 +69,13 @@ def test_look_ahead_feeds_the_function_and_the_answer_is_truncated(
         client.get("/recommend-items/shop/recs/u2?numResults=20")
         assert parse_qs(urlsplit(fake_recommender.paths[1]).query)["n"] == ["40"]
     event = fake_lambda.invocations()[0].payload
-    assert (event["namespace"], event["recommender"], event["userId"]) == ("shop", "recs", "u1")
+    # The sample project's event (its config objects as in the config document).
+    recs = config(fake_recommender.url, arn)["namespaces"]["shop"]["recommenders"]
+    rec_config = recs["recommend-items"]["recs"]
+    assert event["version"] == "1.0" and event["action"] == "recommend-items"
+    assert event["recommender"] == {"path": "recs", "config": rec_config}
+    assert event["variation"] == rec_config["variations"]["remote"]
+    assert (event["namespace"], event["userId"]) == ("shop", "u1")
     assert event["numResults"] == 5 and len(event["response"]["itemList"]) == 15
 
 

@@ -72,20 +72,31 @@ def test_every_bad_parameter_is_a_400_naming_it(service_factory: ServiceFactory)
     service = service_factory(extra_args=("--no-consumers",))
     with service.client() as client:
         base = "/recommend-items/demo/for-you/u1"
-        for query, named in [
-            ("numResults=0", "numResults"),
-            ("numResults=501", "numResults"),
-            ("numResults=x", "numResults"),
-            ("context={oops", "context"),
-            ("filterValues=[1]", "filterValues"),
-            ("feature=nope", "nope"),
+        # (query, named in the message, the sample project's code or one in its style)
+        for query, named, code in [
+            ("numResults=0", "numResults", "InvalidNumResultsParameter"),
+            ("numResults=x", "numResults", "InvalidNumResultsParameter"),
+            ("context={oops", "context", "InvalidContextParameter"),
+            ('context={"n":1}', "context", "InvalidContextParameter"),
+            ("filterValues=[1]", "filterValues", "InvalidFilterParameter"),
+            ("feature=nope", "nope", "InvalidExperimentFeature"),
         ]:
             body = error_of(client.get(f"{base}?{query}"), 400)
             assert named in body["message"], (query, body)
+            assert (body["type"], body["code"]) == ("Validation", code), (query, body)
         long_user = error_of(client.get("/recommend-items/demo/for-you/" + "u" * 300), 400)
         assert "userId" in long_user["message"]
+        assert long_user["code"] == "InvalidUserIdParameter"
         bad_list = error_of(client.get("/rerank-items/demo/ranking/u1/a,,b"), 400)
         assert "itemIds[1]" in bad_list["message"]
+        # Above 500 is 500, as the sample capped it; a feature is ignored where nothing is
+        # evaluated (no user on related-items, a recommender without experiments).
+        capped = client.get(f"{base}?numResults=600")
+        assert capped.status_code == 200, capped.text
+        assert len(capped.json()["itemList"]) <= 500
+        for ignored in ("/related-items/demo/similar/i1?feature=nope",):
+            reply = client.get(ignored)
+            assert reply.status_code == 200, (ignored, reply.text)
 
 
 def test_unknown_namespace_recommender_or_action_is_a_404(
@@ -98,7 +109,8 @@ def test_unknown_namespace_recommender_or_action_is_a_404(
             "/recommend-items/demo/nope/u1",
             "/related-items/demo/for-you/i1",  # for-you is a recommend-items recommender
         ):
-            assert error_of(client.get(path), 404)["code"] == "RecommenderNotConfigured"
+            body = error_of(client.get(path), 404)
+            assert (body["type"], body["code"]) == ("Configuration", "RecommenderNotConfigured")
 
 
 def test_rerank_post_body_errors_and_no_store(service_factory: ServiceFactory) -> None:
@@ -109,10 +121,13 @@ def test_rerank_post_body_errors_and_no_store(service_factory: ServiceFactory) -
         assert ok.status_code == 200, ok.text
         assert [i["itemId"] for i in ok.json()["personalizedRanking"]] == ["b", "a", "b"]
         assert ok.headers["cache-control"] == "no-store" and "etag" not in ok.headers
-        error_of(
+        not_json = error_of(
             client.post(url, content=b"[1,", headers={"content-type": "application/json"}), 400
         )
-        error_of(client.post(url, json={"items": ["a"]}), 400)
+        assert not_json["code"] == "InvalidJSONRequestPayload"  # the sample project's codes
+        assert error_of(client.post(url, json={"items": ["a"]}), 400)["code"] == (
+            "InvalidRequestPayload"
+        )
         error_of(client.post(url, content=b'["a"]', headers={"content-type": "text/plain"}), 415)
         huge = json.dumps(["x" * 200] * 2000).encode()
         error_of(client.post(url, content=huge, headers={"content-type": "application/json"}), 413)
@@ -146,8 +161,22 @@ def test_cache_headers_by_user_kind_and_304_while_the_etag_is_fresh(
         assert not_modified.status_code == 304 and not_modified.content == b""
         assert not_modified.headers["etag"] == etag
         expired = etag.rsplit("-", 1)[0] + '-1000"'
-        fresh = client.get("/recommend-items/shop/recs/u1", headers={"if-none-match": expired})
+        fresh = client.get(
+            "/recommend-items/shop/recs/u1?numResults=3", headers={"if-none-match": expired}
+        )
         assert fresh.status_code == 200
+        # The tag is bound to its URL: unknown parameters aside, another URL is answered.
+        same = client.get(
+            "/recommend-items/shop/recs/u1?utm=x&numResults=3", headers={"if-none-match": etag}
+        )
+        assert same.status_code == 304
+        for other in (
+            "/recommend-items/shop/recs/u2?numResults=3",
+            "/recommend-items/shop/recs/u1",
+        ):
+            reply = client.get(other, headers={"if-none-match": etag})
+            assert reply.status_code == 200, other
+            assert reply.json()["itemList"] and reply.headers["etag"] != etag
         synthetic = client.get("/recommend-items/shop/recs/u2?syntheticUser=true")
         assert synthetic.headers["cache-control"] == "public,max-age=300"
 
@@ -212,7 +241,8 @@ def test_recommender_failures_map_to_gateway_errors(
     fake_recommender.set(**behaviour)
     with service.client() as client:
         reply = client.get("/recommend-items/shop/recs/u1")
-        error_of(reply, status)
+        # The backend's failure is typed by the backend, as the sample typed Personalize's.
+        assert error_of(reply, status)["type"] == "Http"
         if status == 429:
             assert int(reply.headers["retry-after"]) >= 1
 
@@ -250,6 +280,9 @@ def test_exposures_are_written_for_experiment_choices(
             assert reply.status_code == 200, reply.text
             matched = reply.json()["matchedExperiment"]
             assert matched["feature"] == "ab"
+            # The sample's keys beside p13n's.
+            assert (matched["type"], matched["method"]) == ("local", "local")
+            assert matched["details"] == {"experiment": "ab", "treatment": matched["variation"]}
             chosen[f"user-{n}"] = (matched["variation"], reply.json().get("recommendationId"))
     assert {v for v, _ in chosen.values()} == {"remote", "backup"}
 

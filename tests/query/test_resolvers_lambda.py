@@ -33,18 +33,16 @@ def test_invokes_request_response_with_the_documented_event(fake_lambda: FakeLam
     [answer] = resolve(resolver, query(RELATED, item_id="sku-1", user_id="u1", num_results=2))
     [call] = fake_lambda.invocations()
     assert (call.function, call.invocation_type) == ("picks", "RequestResponse")
+    # The sample project's event: its config objects as in the config document.
     assert call.payload == {
+        "version": "1.0",
         "action": RELATED,
-        "namespace": "shop",
-        "recommender": "picks",
-        "variation": "v1",
+        "recommender": {"path": "picks", "config": {"variations": {"v1": variation}}},
+        "variation": variation,
         "userId": "u1",
         "itemId": "sku-1",
-        "itemIds": [],
         "numResults": 2,
-        "filter": None,
-        "filterValues": {},
-        "context": {},
+        "namespace": "shop",
     }
     assert answer.body("itemList") == {
         "itemList": [{"itemId": "sku-1-0"}, {"itemId": "sku-1-1"}],
@@ -52,8 +50,37 @@ def test_invokes_request_response_with_the_documented_event(fake_lambda: FakeLam
     }
 
 
+def test_the_rerank_and_recommend_events_are_the_samples(fake_lambda: FakeLambda) -> None:
+    def ranked(event: dict[str, Any]) -> dict[str, Any]:
+        return {"personalizedRanking": [{"itemId": i} for i in reversed(event["itemList"])]}
+
+    variation = function(fake_lambda, ranked)
+    resolver = make_resolver(RERANK, variation)
+    context = {"DEVICE": "Phone"}
+    [answer] = resolve(resolver, query(RERANK, user_id="u1", item_ids=("a", "b"), context=context))
+    assert [i["itemId"] for i in answer.items] == ["b", "a"]
+    [call] = fake_lambda.invocations()
+    assert call.payload == {
+        "version": "1.0",
+        "action": RERANK,
+        "recommender": {"path": "picks", "config": {"variations": {"v1": variation}}},
+        "variation": variation,
+        "userId": "u1",
+        "itemList": ["a", "b"],
+        "context": context,
+        "namespace": "shop",
+    }
+
+
+def test_related_items_without_a_user_sends_an_empty_user(fake_lambda: FakeLambda) -> None:
+    resolve(make_resolver(RELATED, function(fake_lambda)), query(RELATED, item_id="a"))
+    [call] = fake_lambda.invocations()
+    assert call.payload["userId"] == ""  # as the sample sent it
+
+
 def test_rerank_needs_personalized_ranking(fake_lambda: FakeLambda) -> None:
-    resolver = make_resolver(RERANK, function(fake_lambda))  # answers itemList
+    answers_a_list = function(fake_lambda, lambda event: {"itemList": [{"itemId": "a"}]})
+    resolver = make_resolver(RERANK, answers_a_list)
     error = failure(resolver, query(RERANK, user_id="u1", item_ids=("a", "b")))
     assert type(error) is UpstreamError and error.status == 502
     assert error.code == "BadResponse" and "personalizedRanking" in error.message
@@ -65,7 +92,7 @@ def test_a_function_that_raises_is_502_without_its_trace(fake_lambda: FakeLambda
 
     error = failure(make_resolver(RELATED, function(fake_lambda, broken)), query(RELATED))
     assert type(error) is UpstreamError and error.status == 502
-    assert error.code == "FunctionError"
+    assert error.code == "FunctionInvokeError"  # the sample project's code
     assert "KeyError" in error.message and "secret-table-name" not in error.message
 
 

@@ -216,6 +216,28 @@ def test_filter_name_with_placeholder_arn_uses_the_options(
     )
 
 
+def test_filter_may_be_a_filter_arn_used_as_it_is(fake_personalize: FakePersonalize) -> None:
+    arn = "arn:aws:personalize:eu-central-1:999988887777:filter/cheap-items"
+    resolver = make_resolver(FOR_YOU, campaign(fake_personalize, filters=FILTERS))
+    resolve(resolver, query(FOR_YOU, user_id="u1", filter=arn, filter_values={"P": "3"}))
+    request = sent(fake_personalize)
+    assert (request["filterArn"], request["filterValues"]) == (arn, {"P": "3"})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["bad!name", "arn:aws:personalize:eu-central-1:999988887777:campaign/x", "a/../b", "-lead"],
+)
+def test_a_filter_neither_name_nor_arn_is_a_400(
+    fake_personalize: FakePersonalize, bad: str
+) -> None:
+    resolver = make_resolver(FOR_YOU, campaign(fake_personalize))
+    error = failure(resolver, query(FOR_YOU, user_id="u1", filter=bad))
+    assert isinstance(error, InvalidRequest) and error.status == 400
+    assert (error.type, error.code) == ("Validation", "InvalidFilterParameter")
+    assert fake_personalize.calls("GetRecommendations") == []
+
+
 class CountingSts:
     """A minimal STS speaking the query protocol: GetCallerIdentity, counted."""
 

@@ -19,7 +19,7 @@ ENDPOINT = "picks-model"
 def ranked(body: dict[str, Any]) -> dict[str, Any]:
     """A model: rerank-items reversed, else numbered items; echoes what it was asked."""
     if body["action"] == RERANK:
-        return {"personalizedRanking": [{"itemId": i} for i in reversed(body["itemIds"])]}
+        return {"personalizedRanking": [{"itemId": i} for i in reversed(body["itemList"])]}
     items = [{"itemId": f"m-{n}", "score": 1.0 / n} for n in range(1, 11)]
     return {"itemList": items, "recommendationId": "rec-7", "modelVersion": "v3"}
 
@@ -30,7 +30,8 @@ def endpoint(fake: FakeSageMaker, model: Any = ranked, **extra: Any) -> dict[str
 
 
 def test_the_documented_payload_goes_as_json(fake_sagemaker: FakeSageMaker) -> None:
-    resolver = make_resolver(FOR_YOU, endpoint(fake_sagemaker))
+    variation = endpoint(fake_sagemaker)
+    resolver = make_resolver(FOR_YOU, variation)
     [answer] = resolve(
         resolver,
         query(
@@ -48,18 +49,18 @@ def test_the_documented_payload_goes_as_json(fake_sagemaker: FakeSageMaker) -> N
         "application/json",
         "application/json",
     )
+    # The sample project's payload, and p13n's additions after it.
     assert call.body == {
+        "version": "1.0",
         "action": FOR_YOU,
-        "namespace": "shop",
-        "recommender": "picks",
-        "variation": "v1",
+        "recommender": {"path": "picks", "config": {"variations": {"v1": variation}}},
+        "variation": variation,
         "userId": "u1",
-        "itemId": None,
-        "itemIds": [],
         "numResults": 3,
+        "context": {"DEVICE": "Phone"},
+        "namespace": "shop",
         "filter": "cheap",
         "filterValues": {"P": "3"},
-        "context": {"DEVICE": "Phone"},
     }
     assert answer.items == (
         {"itemId": "m-1", "score": 1.0},
@@ -74,7 +75,7 @@ def test_rerank_reads_personalized_ranking(fake_sagemaker: FakeSageMaker) -> Non
     resolver = make_resolver(RERANK, endpoint(fake_sagemaker))
     [answer] = resolve(resolver, query(RERANK, user_id="u1", item_ids=("a", "b", "c")))
     assert [i["itemId"] for i in answer.items] == ["c", "b", "a"]
-    assert fake_sagemaker.invocations()[0].body["itemIds"] == ["a", "b", "c"]
+    assert fake_sagemaker.invocations()[0].body["itemList"] == ["a", "b", "c"]
 
 
 def test_num_results_sent_never_above_500(fake_sagemaker: FakeSageMaker) -> None:

@@ -50,7 +50,11 @@ def test_same_user_same_variation_and_the_shared_function_decides() -> None:
         assert choose(rec, user, "f") == first
         assert first.variation.name == assign("f", user, {"v0": 1, "v1": 1, "v2": 1})
         assert first.matched() == {
+            # the sample project's keys
+            "type": "evidently",
             "feature": "f",
+            "details": {"experiment": "f", "treatment": first.variation.name},
+            # p13n's
             "method": "evidently",
             "variation": first.variation.name,
         }
@@ -75,3 +79,16 @@ def test_feature_picks_the_experiment_and_an_unknown_one_is_a_400() -> None:
     assert choose(rec, "u1", "second").variation.name == "v2"
     with pytest.raises(InvalidRequest, match="nope"):
         choose(rec, "u1", "nope")
+    with pytest.raises(InvalidRequest) as caught:
+        choose(rec, "u1", "nope")
+    assert caught.value.code == "InvalidExperimentFeature"  # the sample project's code
+
+
+def test_feature_is_ignored_where_nothing_is_evaluated() -> None:
+    """As in the sample: no experiments, no user, or one variation, and ``feature`` is never
+    looked at (any value is fine, the first variation answers)."""
+    with_experiment = recommender({"f": {"method": "local", "metrics": METRIC}})
+    single = recommender({"f": {"method": "local", "metrics": METRIC}}, variations=1)
+    for rec, user in ((recommender({}), "u1"), (with_experiment, None), (single, "u1")):
+        choice = choose(rec, user, "no-such-feature")
+        assert (choice.variation.name, choice.experiment) == ("v0", None)

@@ -33,7 +33,7 @@ OPERATORS = (
     "['equals', 'less-than', 'greater-than', 'contains', 'starts-with', 'start-with', 'ends-with']"
 )
 LAMBDA_PATTERN = (
-    "'^arn:aws(-cn|-us-gov)?:lambda:[a-z]{2}(-[a-z]+)+-[0-9]+:[0-9]{12}:function:"
+    "'^arn:aws(-cn|-us-gov)?:lambda:[a-z]{2}(-[a-z]+)+-[0-9]+:[0-9]{12}:function[:/]"
     "[a-zA-Z0-9_-]{1,64}(:(\\\\$LATEST|[a-zA-Z0-9_-]{1,128}))?$'"
 )
 
@@ -470,6 +470,7 @@ def test_cache_control_entries_are_each_optional(validator: Draft202012Validator
         f"{LAMBDA_ARN}:$LATEST",
         "arn:aws-cn:lambda:cn-northwest-1:123456789012:function:f",
         "arn:aws-us-gov:lambda:us-gov-east-1:123456789012:function:f_2",
+        "arn:aws:lambda:us-east-1:123456789012:function/rank-items",  # the sample's spelling
     ],
 )
 def test_real_lambda_arns_are_accepted(validator: Draft202012Validator, arn: str) -> None:
@@ -482,10 +483,39 @@ def test_real_lambda_arns_are_accepted(validator: Draft202012Validator, arn: str
     assert errors_of(validator, target) == []
 
 
+def test_the_samples_slashed_lambda_arns_are_read_as_lambda_names_them() -> None:
+    """The sample's schema asked for ``function/NAME``; Lambda's API takes ``function:NAME``."""
+    from schemas.config import load_config
+
+    slashed = LAMBDA_ARN.replace("function:", "function/")
+    document = {
+        "namespaces": {
+            "shop": {
+                "recommenders": {
+                    "recommend-items": {
+                        "for-you": {
+                            "variations": {"main": {"type": "function", "arn": slashed}},
+                            "responsePostProcessor": {"type": "lambda", "arn": slashed + ":live"},
+                        }
+                    }
+                },
+                "eventTargets": [{"type": "lambda", "functionArn": slashed}],
+            }
+        }
+    }
+    config = load_config(document)
+    shop = config.namespace("shop")
+    rec = shop.recommenders["recommend-items"]["for-you"]
+    assert rec.variations["main"].options["arn"] == LAMBDA_ARN
+    assert rec.response_post_processor is not None
+    assert rec.response_post_processor["arn"] == LAMBDA_ARN + ":live"
+    assert shop.event_targets[0].options["functionArn"] == LAMBDA_ARN
+
+
 @pytest.mark.parametrize(
     "arn",
     [
-        "arn:aws:lambda:us-east-1:123456789012:function/rank-items",  # the sample's spelling
+        "arn:aws:lambda:us-east-1:123456789012:function/",
         "arn:aws:lambda:us-east-1:1234:function:rank-items",
         "arn:aws:lambda:us-east-1:123456789012:function:",
         "arn:aws:lambda:us-east-1:123456789012:function:a:b:c",
@@ -717,15 +747,15 @@ BROKEN = [
     ),
     pytest.param(
         "namespaces/shop/recommenders/recommend-items/for-you/variations/main",
-        {"type": "lambda", "arn": "arn:aws:lambda:us-east-1:123456789012:function/rank-items"},
+        {"type": "lambda", "arn": "arn:aws:lambda:us-east-1:123456789012:function/a/b"},
         [
             (
                 f"{VAR}.arn",
-                "'arn:aws:lambda:us-east-1:123456789012:function/rank-items' does not match "
+                "'arn:aws:lambda:us-east-1:123456789012:function/a/b' does not match "
                 f"{LAMBDA_PATTERN}",
             )
         ],
-        id="lambda-arn-with-slash",
+        id="lambda-arn-with-two-slashes",
     ),
     pytest.param(
         "namespaces/shop/recommenders/recommend-items/for-you/variations/main",

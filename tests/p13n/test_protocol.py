@@ -1,0 +1,71 @@
+"""Requests refused before the application sees them, and unknown routes, get the JSON error
+body too: the service started as a process, real sockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from p13n.protocol import MAX_URL_BYTES
+from tests.fixtures.service import Service
+
+ERROR_KEYS = {"type", "code", "message"}
+
+
+def raw_exchange(service: Service, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as bytes; the status, headers and body of the answer (read to EOF)."""
+    where = urlsplit(service.url)
+    with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def test_an_over_long_url_is_a_json_414(service_factory: Callable[..., Service]) -> None:
+    service = service_factory(extra_args=("--no-consumers",))
+    context = "%7B%22k%22%3A%22" + "v" * (MAX_URL_BYTES + 10) + "%22%7D"  # {"k":"vvv..."}
+    url = f"/recommend-items/demo/for-you/u1?context={context}"
+    status, headers, body = raw_exchange(service, f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert status == 414
+    assert headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
+    document = json.loads(body)
+    assert set(document) == ERROR_KEYS
+    assert (document["type"], document["code"]) == ("Validation", "URITooLong")
+    # Just under the parser's limit, the application answers as usual (here: the context is
+    # valid JSON and accepted).
+    fits = "/recommend-items/demo/for-you/u1?numResults=2&pad=" + "p" * (MAX_URL_BYTES - 200)
+    with service.client() as client:
+        reply = client.get(fits)
+    assert reply.status_code == 200, reply.text
+
+
+def test_a_malformed_request_is_a_json_400(service_factory: Callable[..., Service]) -> None:
+    service = service_factory(extra_args=("--no-consumers",))
+    status, headers, body = raw_exchange(service, b"GET / HTTP/1.1\r\nHost x\r\n\r\n")
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    document = json.loads(body)
+    assert (document["type"], document["code"]) == ("Validation", "InvalidHTTPRequest")
+
+
+def test_unknown_routes_and_methods_get_the_json_body(
+    service_factory: Callable[..., Service],
+) -> None:
+    service = service_factory(extra_args=("--no-consumers",))
+    with service.client() as client:
+        missing: Any = client.get("/no/such/route")
+        wrong = client.delete("/events/demo")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/json"
+    assert missing.json() == {"type": "Validation", "code": "NotFound", "message": "No such route"}
+    assert wrong.status_code == 405
+    assert (wrong.json()["type"], wrong.json()["code"]) == ("Validation", "MethodNotAllowed")
