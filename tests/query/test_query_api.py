@@ -4,8 +4,10 @@ whole loop (events in, recommendations change)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -327,6 +329,15 @@ def test_default_config_recommendations_react_to_events(service_factory: Service
             return [item["itemId"] for item in client.get(url).json()["itemList"]]
 
         wait_until(lambda: related()[:1] == ["teapot"], what="teapot related to kettle")
+        # Sessions land on different shards, read independently: the co-occurrence above can
+        # show before every user's own history is stored, so wait for all 19 events.
+        store = service.data_dir / "interactions.db"
+
+        def stored() -> int:
+            with contextlib.closing(sqlite3.connect(store)) as conn:
+                return int(conn.execute("SELECT count(*) FROM interactions").fetchone()[0])
+
+        wait_until(lambda: stored() == 19, what="every event stored")
         for_alice = client.get("/recommend-items/demo/for-you/alice?numResults=2").json()
         assert for_alice["itemList"][0]["itemId"] == "kettle"
         assert for_alice["matchedExperiment"]["feature"] == "for-you-ranking"
