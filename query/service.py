@@ -9,8 +9,10 @@ Order of work for a request:
 3. Caching policy (``query.caching``); an unexpired ETag in ``If-None-Match`` → 304 at once.
 4. GET: a fresh entry of the in-process cache is served as it is; otherwise concurrent
    identical misses share one computation. POST (rerank with a body) is never cached.
-5. Computation: the variation's resolver under its timeout and circuit breaker; on failure or an
-   open breaker, the variation's ``fallback`` (one hop). Then decoration with item metadata
+5. Computation: the variation's resolver under its timeout and circuit breaker (which counts
+   only the backend's own failures, ``query.breaker.is_backend_failure``); on failure or an
+   open breaker, the variation's ``fallback`` (one hop). A request the resolver refuses
+   (``PermanentError``, e.g. a malformed filter name) is answered with that error at once. Then decoration with item metadata
    (a metadata store that fails leaves items undecorated, counted), the response post-processor,
    truncation to ``numResults``, ``matchedExperiment``.
 6. When every backend failed: a stale cache entry if there is one (``Warning: 110``), else the
@@ -49,7 +51,7 @@ from schemas.config import Config, Namespace, Recommender, Variation
 from schemas.errors import (
     NotFound,
     P13nError,
-    Throttled,
+    PermanentError,
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
@@ -262,7 +264,7 @@ class QueryService:
                     self._cache.store(key, entry)
         except P13nError as exc:
             stale = self._cache.stale(key) if policy.cacheable else None
-            if stale is None or isinstance(exc, NotFound):
+            if stale is None or isinstance(exc, PermanentError):
                 raise
             log.warning("serving a stale response: %s", exc.message)
             entry, outcome = stale, "stale"
@@ -381,10 +383,9 @@ class QueryService:
                 )
             except P13nError as exc:
                 self._observer.backend(variation.type, exc.code, time.perf_counter() - started)
-                if isinstance(exc, Throttled):
-                    breaker.released()
-                else:
-                    breaker.failed()
+                breaker.ended(exc)
+                if isinstance(exc, PermanentError):
+                    raise  # the request itself was refused: a fallback would ignore what it asked
                 log.warning(
                     "variation %s/%s/%s failed: %s", ns.key, rec.name, variation.name, exc.message
                 )
