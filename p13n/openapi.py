@@ -42,7 +42,7 @@ _ERRORS = {
     404: ("NotFound", "Not configured: namespace, recommender, or no such route."),
     405: ("MethodNotAllowed", "The route does not take this method."),
     413: ("PayloadTooLarge", "The body is larger than `limits.maxBodyBytes`."),
-    415: ("UnsupportedMediaType", "The body is not `application/json`."),
+    415: ("UnsupportedMediaType", "The body is neither `application/json` nor `text/plain`."),
     429: ("TooManyRequests", "The recommender is throttling; retry after `Retry-After`."),
     502: ("BadGateway", "The recommender answered with a failure (`UpstreamError`)."),
     503: ("ServiceUnavailable", "Stream or recommender unavailable; retry after `Retry-After`."),
@@ -108,7 +108,11 @@ def _events(config: Config, secured: bool) -> dict[str, Any]:
         ],
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": _events_body(config)}},
+            # text/plain too: what navigator.sendBeacon sends (ingest.body.check_media_type)
+            "content": {
+                media: {"schema": _events_body(config)}
+                for media in ("application/json", "text/plain")
+            },
         },
         "responses": {
             "202": _response(config, "Accepted: durable in the stream.", _json_ref("Accepted")),
@@ -216,7 +220,7 @@ def _action_paths(config: Config, action: str, secured: bool) -> dict[str, Any]:
     body = {
         "required": True,
         "description": "The ids of the items to rank, as a JSON array.",
-        "content": {"application/json": {"schema": _id_list()}},
+        "content": {media: {"schema": _id_list()} for media in ("application/json", "text/plain")},
     }
     return {
         "/rerank-items/{namespace}/{recommender}/{userId}/{itemIds}": {

@@ -14,11 +14,11 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from ingest.body import check_media_type
 from ingest.endpoint import read_body
 from query.service import QueryService
 from query.service import Request as QueryRequest
 from schemas.config import Config
-from schemas.errors import UnsupportedMediaType
 
 QUERY_MEMO_SIZE = 1024
 PATHS = (
@@ -60,9 +60,7 @@ class _Endpoint:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         body = None
         if scope["method"] == "POST":
-            media = headers.get("content-type", "application/json").split(";", 1)[0]
-            if media.strip().lower() not in ("application/json", ""):
-                raise UnsupportedMediaType(f"Content-Type must be application/json, not '{media}'")
+            check_media_type(headers.get("content-type"))
             body = await read_body(
                 Request(scope, receive), headers.get("content-length"), self.config().max_body_bytes
             )
