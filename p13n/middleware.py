@@ -1,5 +1,5 @@
 """The service's middleware: request observation (metrics + one JSON log line), header limits,
-API keys with rate limits, and the direct routes, in one ASGI layer."""
+CORS, API keys with rate limits, the direct routes and gzip, in one ASGI layer."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consumers.ratelimit import TokenBucket
+from p13n.compression import MEMO_KEY, accepts_gzip, compressible, gzip
+from p13n.cors import Cors
 from p13n.docs import PUBLIC_PATHS as DOCS_PATHS
 from p13n.errors import ERROR_CODE_KEY, error_response, unexpected_error
 from p13n.fastpath import DirectRoutes
 from p13n.logs import AccessLog
 from p13n.metrics import Metrics
-from schemas.config import ApiKey, AuthConfig, Config, RateLimit
+from schemas.config import ApiKey, AuthConfig, CompressionConfig, Config, RateLimit
 
 # Health probes carry no key; the API docs are public, as FastAPI's are (see p13n.docs).
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"}) | DOCS_PATHS
@@ -29,11 +31,12 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz"}) | DOCS_PATHS
 class Front:
     """The service's outermost layer: every HTTP request passes through it once.
 
-    In order: header limits (431), then the API key and its rate limit (401/403/429) unless the
-    path is public, then the request goes to its direct route (``p13n.fastpath``) if it has one,
+    In order: header limits (431), then a CORS preflight answered (``p13n.cors``), then the API
+    key and its rate limit (401/403/429) unless the path is public, then the request goes to its
+    direct route (``p13n.fastpath``) if it has one,
     else to the Starlette application (router, exception handlers). Around all of it: counted
-    and timed by route template, the config version header added to the answer, and one
-    access-log line (never headers or bodies: keys must not reach logs). An unexpected error
+    and timed by route template, the config version and CORS headers added to the answer, the
+    answer gzipped when the client accepts it (``p13n.compression``), and one access-log line (never headers or bodies: keys must not reach logs). An unexpected error
     in a direct route is answered as Starlette's server-error middleware answers the others:
     the application's 500 handler, then raised again for the server to log.
 
@@ -56,6 +59,14 @@ class Front:
         self.access_log = access_log
         self.direct = DirectRoutes(routes)
         self.keys = ApiKeys()
+        self._built: tuple[Config, Cors] | None = None
+
+    def _policies(self, config: Config) -> tuple[Cors, CompressionConfig]:
+        """The CORS headers of ``config``, encoded once per config object."""
+        built = self._built
+        if built is None or built[0] is not config:
+            built = self._built = (config, Cors(config.cors))
+        return built[1], config.compression
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,21 +75,62 @@ class Front:
         started = time.perf_counter()
         config = self.config()
         version = config.version
+        cors, compression = self._policies(config)
         status: int | None = None  # until the answer starts
+        origin: bytes | None = None
+        gzip_ok = False
+        for name, value in scope["headers"]:  # one pass for the headers read here
+            if name == b"origin":
+                origin = value
+            elif name == b"accept-encoding":
+                gzip_ok = compression.enabled and accepts_gzip(value)
+        extra: list[tuple[bytes, bytes]] = []
+        if version is not None:
+            extra.append(
+                (b"x-personalization-config-version", version.encode("latin-1", "replace"))
+            )
+        if origin is not None and cors.enabled and cors.applies(scope["path"]):
+            extra += cors.answer_headers(origin)
+        held: Message | None = None  # an answer start waiting for its body to be compressed
 
         async def observed_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, held
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if version is not None:
-                    message["headers"] = [
-                        *message.get("headers", ()),
-                        (b"x-personalization-config-version", version.encode("latin-1", "replace")),
+                headers = [*message.get("headers", ()), *extra]
+                message["headers"] = headers
+                if compression.enabled and _vary_encoding(headers):
+                    headers.append((b"vary", b"Accept-Encoding"))
+                    if gzip_ok and _large(headers, compression.minimum_bytes):
+                        held = message
+                        return
+            elif held is not None:
+                start, held = held, None
+                body = message.get("body", b"")
+                if not message.get("more_body", False):
+                    packed = gzip(body, compression.level, scope.get(MEMO_KEY))
+                    start["headers"] = [
+                        *(h for h in start["headers"] if h[0] != b"content-length"),
+                        (b"content-length", str(len(packed)).encode()),
+                        (b"content-encoding", b"gzip"),
                     ]
+                    message = {**message, "body": packed}
+                await send(start)  # streamed: sent as it is
             await send(message)
 
         try:
-            refusal = _limit_headers(scope) or self.keys.check(scope, config.auth)
+            refusal = _limit_headers(scope)
+            if (
+                refusal is None
+                and origin is not None
+                and scope["method"] == "OPTIONS"
+                and cors.enabled
+                and cors.applies(scope["path"])
+                and any(n == b"access-control-request-method" for n, _ in scope["headers"])
+            ):
+                refusal = cors.preflight(origin)  # before API keys: preflights carry none
+            elif refusal is None:
+                refusal = self.keys.check(scope, config.auth)
             if refusal is not None:
                 await refusal(scope, receive, observed_send)
             elif not await self.direct.serve(scope, receive, observed_send):
@@ -97,6 +149,25 @@ class Front:
             answered = status or 500  # none: the server answers 500 itself
             self.metrics.observe_request(template, method, answered, elapsed, code)
             self.access_log.request(method, scope["path"], answered, template, elapsed, code)
+
+
+def _vary_encoding(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the answer is of a type that is compressed (and so varies by Accept-Encoding):
+    text-like and not encoded already."""
+    content_type = None
+    for name, value in headers:
+        if name == b"content-type":
+            content_type = value
+        elif name == b"content-encoding":
+            return False
+    return compressible(content_type)
+
+
+def _large(headers: list[tuple[bytes, bytes]], minimum: int) -> bool:
+    for name, value in headers:
+        if name == b"content-length":
+            return value.isdigit() and int(value) >= minimum
+    return False  # no length: a streamed answer, sent as it is
 
 
 MAX_HEADER_BYTES = 16 * 1024

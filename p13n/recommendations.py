@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from ingest.body import check_media_type
 from ingest.endpoint import read_body
+from p13n.compression import MEMO_KEY
 from query.service import QueryService
 from query.service import Request as QueryRequest
 from schemas.config import Config
@@ -79,6 +80,8 @@ class _Endpoint:
                 query_string=scope["query_string"],
             )
         )
+        if answer.encodings is not None:
+            scope[MEMO_KEY] = answer.encodings
         raw = [(b"content-length", str(len(answer.body)).encode())]
         raw += [(k.encode(), v.encode("latin-1")) for k, v in answer.headers.items()]
         await send({"type": "http.response.start", "status": answer.status, "headers": raw})

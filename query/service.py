@@ -142,6 +142,8 @@ class Answer:
     status: int
     body: bytes
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # The memo of the body's encodings when the body is a cache entry's (``Entry.encodings``).
+    encodings: dict[object, bytes] | None = None
 
 
 class _Built:
@@ -270,7 +272,7 @@ class QueryService:
             entry, outcome = stale, "stale"
         self._observer.cache(outcome)
         self._expose(query, plan.rec, choice, entry, now)
-        return Answer(200, entry.body, self._headers(policy, entry, outcome))
+        return Answer(200, entry.body, self._headers(policy, entry, outcome), entry.encodings)
 
     def _plan(self, built: _Built, request: Request) -> _Plan:
         """The request's plan: remembered for a cacheable GET with its query string, else made
