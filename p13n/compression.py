@@ -3,8 +3,10 @@
 An answer is compressed when the request's ``Accept-Encoding`` accepts gzip, the answer's
 ``Content-Length`` is at least ``minimumBytes``, its type is text-like (JSON, ``text/*``,
 JavaScript, SVG), it has no ``Content-Encoding`` yet, and its body comes in one piece (a streamed
-file is sent as it is). Every answer of a text-like type carries ``Vary: Accept-Encoding``,
-compressed or not, so a shared cache keeps the two forms apart.
+file is sent as it is). A compressed answer carries ``Vary: Accept-Encoding``, so a shared cache
+never gives it to a client that did not ask for gzip (as Starlette's GZipMiddleware does; the
+plain form is good for every client). Answers to clients that do not accept gzip are not looked
+at at all: that path costs nothing.
 
 A body that is sent many times (a cached recommendation) brings a memo (``MEMO_KEY`` in the
 ASGI scope: a dict that lives as long as the cached entry), so a cache hit is compressed once,

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -97,13 +97,11 @@ class Front:
             nonlocal status, held
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = [*message.get("headers", ()), *extra]
-                message["headers"] = headers
-                if compression.enabled and _vary_encoding(headers):
-                    headers.append((b"vary", b"Accept-Encoding"))
-                    if gzip_ok and _large(headers, compression.minimum_bytes):
-                        held = message
-                        return
+                if extra:
+                    message["headers"] = [*message.get("headers", ()), *extra]
+                if gzip_ok and _worth_gzip(message.get("headers", ()), compression.minimum_bytes):
+                    held = message
+                    return
             elif held is not None:
                 start, held = held, None
                 body = message.get("body", b"")
@@ -113,6 +111,7 @@ class Front:
                         *(h for h in start["headers"] if h[0] != b"content-length"),
                         (b"content-length", str(len(packed)).encode()),
                         (b"content-encoding", b"gzip"),
+                        (b"vary", b"Accept-Encoding"),
                     ]
                     message = {**message, "body": packed}
                 await send(start)  # streamed: sent as it is
@@ -151,23 +150,23 @@ class Front:
             self.access_log.request(method, scope["path"], answered, template, elapsed, code)
 
 
-def _vary_encoding(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether the answer is of a type that is compressed (and so varies by Accept-Encoding):
-    text-like and not encoded already."""
-    content_type = None
+def _worth_gzip(headers: Iterable[tuple[bytes, bytes]], minimum: int) -> bool:
+    """Whether an answer starting with ``headers`` is to be gzipped (``p13n.compression``):
+    text-like, not encoded yet, and of a known length of at least ``minimum`` bytes."""
+    content_type = length = None
     for name, value in headers:
         if name == b"content-type":
             content_type = value
+        elif name == b"content-length":
+            length = value
         elif name == b"content-encoding":
             return False
-    return compressible(content_type)
-
-
-def _large(headers: list[tuple[bytes, bytes]], minimum: int) -> bool:
-    for name, value in headers:
-        if name == b"content-length":
-            return value.isdigit() and int(value) >= minimum
-    return False  # no length: a streamed answer, sent as it is
+    return (
+        length is not None
+        and length.isdigit()
+        and int(length) >= minimum
+        and compressible(content_type)
+    )
 
 
 MAX_HEADER_BYTES = 16 * 1024

@@ -173,7 +173,6 @@ def test_large_answers_are_gzipped_for_clients_that_accept_it(
         plain, plain_bytes = raw_get(client, path, **{"accept-encoding": "identity"})
         assert plain.status_code == 200 and "content-encoding" not in plain.headers
         assert len(plain_bytes) >= 1024
-        assert "Accept-Encoding" in plain.headers.get_list("vary")
         for outcome in ("hit", "hit"):  # the memo of the cached entry, twice
             packed, packed_bytes = raw_get(client, path, **{"accept-encoding": "gzip, deflate, br"})
             assert packed.headers["x-p13n-cache"] == outcome
@@ -218,7 +217,7 @@ def test_compression_threshold_and_switch(
         reply, _ = raw_get(
             client, "/recommend-items/shop/recs/u1?numResults=100", **{"accept-encoding": "gzip"}
         )
-        assert "content-encoding" not in reply.headers and "vary" not in reply.headers
+        assert "content-encoding" not in reply.headers
 
 
 @pytest.mark.parametrize(
