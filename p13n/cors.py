@@ -18,9 +18,10 @@ guards browsers' pages, not the API; API keys do that).
 from __future__ import annotations
 
 from starlette.responses import Response
+from starlette.types import Scope
 
 from p13n.docs import DOCS_PATH
-from p13n.errors import error_response
+from p13n.errors import ERROR_CODE_KEY, error_response
 from schemas.config import CorsConfig
 from schemas.errors import Forbidden
 
@@ -64,11 +65,12 @@ class Cors:
         found = self._origin_headers(origin)
         return [*found, *self._expose] if found is not None else []
 
-    def preflight(self, origin: bytes) -> Response:
+    def preflight(self, scope: Scope, origin: bytes) -> Response:
         """The answer to a preflight from ``origin``; the origin's own headers are added with
-        every answer's (``answer_headers``)."""
+        every answer's (``answer_headers``). A refusal's code is left in the scope to count."""
         if self._origin_headers(origin) is None:
             refusal = Forbidden(f"Origin '{origin.decode('latin-1')}' may not call this API")
+            scope[ERROR_CODE_KEY] = refusal.code
             return error_response(refusal.status, refusal.type, refusal.code, refusal.message)
         response = Response(status_code=204)
         response.raw_headers = list(self._preflight)

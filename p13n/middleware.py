@@ -127,7 +127,7 @@ class Front:
                 and cors.applies(scope["path"])
                 and any(n == b"access-control-request-method" for n, _ in scope["headers"])
             ):
-                refusal = cors.preflight(origin)  # before API keys: preflights carry none
+                refusal = cors.preflight(scope, origin)  # before API keys: preflights carry none
             elif refusal is None:
                 refusal = self.keys.check(scope, config.auth)
             if refusal is not None:
