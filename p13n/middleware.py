@@ -33,12 +33,13 @@ class Front:
 
     In order: header limits (431), then a CORS preflight answered (``p13n.cors``), then the API
     key and its rate limit (401/403/429) unless the path is public, then the request goes to its
-    direct route (``p13n.fastpath``) if it has one,
-    else to the Starlette application (router, exception handlers). Around all of it: counted
-    and timed by route template, the config version and CORS headers added to the answer, the
-    answer gzipped when the client accepts it (``p13n.compression``), and one access-log line (never headers or bodies: keys must not reach logs). An unexpected error
-    in a direct route is answered as Starlette's server-error middleware answers the others:
-    the application's 500 handler, then raised again for the server to log.
+    direct route (``p13n.fastpath``) if it has one, else to the Starlette application (router,
+    exception handlers). Around all of it: counted and timed by route template, the config
+    version and CORS headers added to the answer, the answer gzipped when the client accepts it
+    (``p13n.compression``), and one access-log line (never headers or bodies: keys must not
+    reach logs). An unexpected error in a direct route is answered as Starlette's server-error
+    middleware answers the others: the application's 500 handler, then raised again for the
+    server to log.
 
     One layer rather than one per concern, and outside Starlette's own: each ASGI layer costs a
     coroutine and often a wrapped ``send`` per request, which on ``POST /events`` added up to a
@@ -83,7 +84,8 @@ class Front:
             if name == b"origin":
                 origin = value
             elif name == b"accept-encoding":
-                gzip_ok = compression.enabled and accepts_gzip(value)
+                # not for HEAD: its answer has the headers of a body it does not carry
+                gzip_ok = compression.enabled and accepts_gzip(value) and scope["method"] != "HEAD"
         extra: list[tuple[bytes, bytes]] = []
         if version is not None:
             extra.append(

@@ -12,9 +12,9 @@ Order of work for a request:
 5. Computation: the variation's resolver under its timeout and circuit breaker (which counts
    only the backend's own failures, ``query.breaker.is_backend_failure``); on failure or an
    open breaker, the variation's ``fallback`` (one hop). A request the resolver refuses
-   (``PermanentError``, e.g. a malformed filter name) is answered with that error at once. Then decoration with item metadata
-   (a metadata store that fails leaves items undecorated, counted), the response post-processor,
-   truncation to ``numResults``, ``matchedExperiment``.
+   (``PermanentError``, e.g. a malformed filter name) is answered with that error at once.
+   Then decoration with item metadata (a metadata store that fails leaves items undecorated,
+   counted), the response post-processor, truncation to ``numResults``, ``matchedExperiment``.
 6. When every backend failed: a stale cache entry if there is one (``Warning: 110``), else the
    error (429 throttled, 502 upstream, 503 circuit open, 504 timeout).
 7. An exposure record per answer an experiment chose (200 only), offered to the producer
