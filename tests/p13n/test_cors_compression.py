@@ -195,6 +195,10 @@ def test_large_answers_are_gzipped_for_clients_that_accept_it(
         )
         assert "content-encoding" not in small.headers
         assert len(json.loads(small_bytes)["itemList"]) == 2
+        # HEAD: the headers of the plain answer, no body to compress.
+        head = client.head(path, headers={"accept-encoding": "gzip"})
+        assert head.status_code == 200 and "content-encoding" not in head.headers
+        assert head.content == b""
         # httpx itself decompresses: what a client sees is the same document.
         assert client.get(path).json() == json.loads(plain_bytes)
 
