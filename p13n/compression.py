@@ -15,6 +15,7 @@ not on every request.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import MutableMapping
 
@@ -24,6 +25,7 @@ _GZIP_WBITS = 31  # zlib's gzip container
 _TEXT_TYPES = (b"application/json", b"text/", b"application/javascript", b"image/svg+xml")
 
 
+@functools.lru_cache(maxsize=64)  # clients send a handful of distinct values, on every request
 def accepts_gzip(value: bytes) -> bool:
     """Whether an ``Accept-Encoding`` value accepts gzip (``gzip`` or ``*``, not with q=0)."""
     for part in value.lower().split(b","):

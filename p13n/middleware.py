@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -94,28 +94,29 @@ class Front:
         if origin is not None and cors.enabled and cors.applies(scope["path"]):
             extra += cors.answer_headers(origin)
         held: Message | None = None  # an answer start waiting for its body to be compressed
+        length_at: int | None = None  # where its content-length is
 
         async def observed_send(message: Message) -> None:
-            nonlocal status, held
+            nonlocal status, held, length_at
             if message["type"] == "http.response.start":
                 status = message["status"]
                 if extra:
                     message["headers"] = [*message.get("headers", ()), *extra]
-                if gzip_ok and _worth_gzip(message.get("headers", ()), compression.minimum_bytes):
-                    held = message
-                    return
+                if gzip_ok:
+                    headers = message["headers"] = list(message.get("headers", ()))
+                    length_at = _worth_gzip(headers, compression.minimum_bytes)
+                    if length_at is not None:
+                        held = message
+                        return
             elif held is not None:
                 start, held = held, None
                 body = message.get("body", b"")
                 if not message.get("more_body", False):
                     packed = gzip(body, compression.level, scope.get(MEMO_KEY))
-                    start["headers"] = [
-                        *(h for h in start["headers"] if h[0] != b"content-length"),
-                        (b"content-length", str(len(packed)).encode()),
-                        (b"content-encoding", b"gzip"),
-                        (b"vary", b"Accept-Encoding"),
-                    ]
-                    message = {**message, "body": packed}
+                    headers = start["headers"]
+                    headers[length_at] = (b"content-length", str(len(packed)).encode())
+                    headers += _GZIPPED
+                    message["body"] = packed
                 await send(start)  # streamed: sent as it is
             await send(message)
 
@@ -152,23 +153,30 @@ class Front:
             self.access_log.request(method, scope["path"], answered, template, elapsed, code)
 
 
-def _worth_gzip(headers: Iterable[tuple[bytes, bytes]], minimum: int) -> bool:
-    """Whether an answer starting with ``headers`` is to be gzipped (``p13n.compression``):
-    text-like, not encoded yet, and of a known length of at least ``minimum`` bytes."""
+_GZIPPED = ((b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding"))
+
+
+def _worth_gzip(headers: list[tuple[bytes, bytes]], minimum: int) -> int | None:
+    """Where the ``content-length`` is in ``headers``, if the answer they start is to be
+    gzipped (``p13n.compression``): text-like, not encoded yet, and of a known length of at
+    least ``minimum`` bytes; else None."""
     content_type = length = None
-    for name, value in headers:
+    length_at = 0
+    for index, (name, value) in enumerate(headers):
         if name == b"content-type":
             content_type = value
         elif name == b"content-length":
-            length = value
+            length, length_at = value, index
         elif name == b"content-encoding":
-            return False
-    return (
+            return None
+    if (
         length is not None
         and length.isdigit()
         and int(length) >= minimum
         and compressible(content_type)
-    )
+    ):
+        return length_at
+    return None
 
 
 MAX_HEADER_BYTES = 16 * 1024
