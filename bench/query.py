@@ -12,7 +12,9 @@ first. Scenarios, in one run:
 * a cache hit (``maxAge`` 300, ten users, warmed first): paced, then closed-loop in turns with
   the bare endpoint (``--rounds`` each, the median round counts);
 * the bare endpoint (``bench.references bare``: a fixed body as large as p13n's answer on the
-  same uvicorn + Starlette stack), closed-loop: the ceiling the hit is compared with.
+  same uvicorn + Starlette stack), closed-loop: the ceiling the hit is compared with;
+* the cache hit again with ``Accept-Encoding: gzip`` (answered gzipped: the entry keeps its
+  compressed bytes), in the same turns, against the same bare endpoint (uncompressed).
 
 Paced load is open-loop: request *i* is sent at ``start + i / rate`` on an idle keep-alive
 connection (a new one when none is idle), whether or not earlier answers came back. Latency is
@@ -24,13 +26,14 @@ The load generator on its own (``{n}`` in the URL becomes the user number: the r
 sequence number, modulo ``--users`` when given)::
 
     .venv/bin/python -m bench.query load --url 'http://127.0.0.1:8000/recommend-items/demo/for-you/u{n}' \\
-        --duration 5 (--rate 200 | --connections 50) [--users 10]
+        --duration 5 (--rate 200 | --connections 50) [--users 10] [--gzip]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import itertools
 import json
 import os
@@ -61,29 +64,36 @@ HIT_SHARE_GOAL = 0.60
 class _Connection:
     """One keep-alive HTTP/1.1 connection sending GETs one after another."""
 
-    def __init__(self, connection: Connection, host: str):
+    def __init__(self, connection: Connection, host: str, gzip: bool = False):
         self.connection = connection
         self.host = host
+        self.extra = "accept-encoding: gzip\r\n" if gzip else ""
 
     @classmethod
-    async def open(cls, host: str, port: int) -> _Connection:
-        return cls(await Connection.open(host, port), host)
+    async def open(cls, host: str, port: int, gzip: bool = False) -> _Connection:
+        return cls(await Connection.open(host, port), host, gzip)
 
-    async def get(self, path: str) -> tuple[int, str | None]:
-        """Status and ``x-p13n-cache`` header of one GET; the body is read and dropped."""
+    async def get(self, path: str) -> tuple[int, str | None, str | None]:
+        """Status, ``x-p13n-cache`` and ``content-encoding`` of one GET; the body is read and
+        dropped."""
         head = await self.connection.exchange(
             f"GET {path} HTTP/1.1\r\nhost: {self.host}\r\naccept: application/json\r\n"
-            f"user-agent: p13n-bench/1\r\n\r\n".encode()
+            f"user-agent: p13n-bench/1\r\n{self.extra}\r\n".encode()
         )
         cache = header(head, b"x-p13n-cache")
-        return int(head[9:12]), cache.decode() if cache is not None else None
+        encoding = header(head, b"content-encoding")
+        return (
+            int(head[9:12]),
+            cache.decode() if cache is not None else None,
+            encoding.decode() if encoding is not None else None,
+        )
 
     def close(self) -> None:
         self.connection.close()
 
 
 class _Tally:
-    def __init__(self, url: str, users: int) -> None:
+    def __init__(self, url: str, users: int, gzip: bool = False) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
@@ -93,6 +103,7 @@ class _Tally:
         self.latencies: list[float] = []
         self.statuses: Counter[int] = Counter()
         self.cache: Counter[str] = Counter()
+        self.encodings: Counter[str] = Counter()
 
     def next_path(self) -> str:
         n = next(self.sequence)
@@ -101,11 +112,12 @@ class _Tally:
     async def one(self, connection: _Connection) -> None:
         path = self.next_path()
         started = time.perf_counter()
-        status, cache = await connection.get(path)
+        status, cache, encoding = await connection.get(path)
         self.latencies.append(time.perf_counter() - started)
         self.statuses[status] += 1
         if cache is not None:
             self.cache[cache] += 1
+        self.encodings[encoding or "identity"] += 1
 
     def result(self, seconds: float, **extra: object) -> dict[str, Any]:
         latencies = sorted(self.latencies)
@@ -114,6 +126,7 @@ class _Tally:
             "requests": len(latencies),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "cache": dict(sorted(self.cache.items())),
+            "encodings": dict(sorted(self.encodings.items())),
             "seconds": round(seconds, 3),
             "rps": round(len(latencies) / seconds, 1),
             "ok_rps": round(ok / seconds, 1),
@@ -124,10 +137,12 @@ class _Tally:
         }
 
 
-async def closed_loop(url: str, connections: int, duration: float, users: int) -> dict[str, Any]:
+async def closed_loop(
+    url: str, connections: int, duration: float, users: int, gzip: bool = False
+) -> dict[str, Any]:
     """``connections`` clients, each sending its next request when the previous one is answered."""
-    tally = _Tally(url, users)
-    opened = [await _Connection.open(tally.host, tally.port) for _ in range(connections)]
+    tally = _Tally(url, users, gzip)
+    opened = [await _Connection.open(tally.host, tally.port, gzip) for _ in range(connections)]
     started = time.perf_counter()
     deadline = started + duration
 
@@ -181,7 +196,9 @@ def load_main(args: argparse.Namespace) -> None:
     if args.rate:
         result = run_loop(paced(args.url, args.rate, args.duration, args.users))
     else:
-        result = run_loop(closed_loop(args.url, args.connections, args.duration, args.users))
+        result = run_loop(
+            closed_loop(args.url, args.connections, args.duration, args.users, args.gzip)
+        )
     print(json.dumps(result))
 
 
@@ -225,11 +242,12 @@ def load(
     rate: float = 0,
     clients: int = 0,
     users: int = 0,
+    gzip: bool = False,
 ) -> dict:
     """One run of the load generator, in its own process, and the server's CPU per request."""
     args = [PYTHON, "-m", "bench.query", "load", "--url", url, "--duration", str(duration)]
     args += ["--rate", str(rate)] if rate else ["--connections", str(clients)]
-    args += ["--users", str(users)]
+    args += ["--users", str(users)] + (["--gzip"] if gzip else [])
     before = cpu_seconds(pid)
     out = subprocess.run(args, capture_output=True, text=True, check=True, cwd=ROOT)
     after = cpu_seconds(pid)
@@ -286,6 +304,24 @@ def check_answer(url: str) -> int:
     return len(body)
 
 
+def gzipped_size(url: str) -> int | None:
+    """The size of the gzipped answer to ``url`` (checked to be the whole document), or None
+    when the answer is not gzipped (a server without compression)."""
+    request = urllib.request.Request(url, headers={"accept-encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        if response.headers.get("content-encoding") != "gzip":
+            return None
+        body = response.read()
+    json.loads(gzip.decompress(body))
+    return len(body)
+
+
+def median_ratio(rounds: list[dict], references: list[dict]) -> float:
+    """The median of the round-by-round ratios of 2xx/s (each pair ran back to back)."""
+    ratios = sorted(r["ok_rps"] / b["ok_rps"] for r, b in zip(rounds, references, strict=True))
+    return round(ratios[len(ratios) // 2], 3)
+
+
 def median_round(rounds: list[dict]) -> dict:
     """The round with the median 2xx/s, with every round's figure beside it."""
     result = dict(sorted(rounds, key=lambda r: r["ok_rps"])[len(rounds) // 2])
@@ -335,18 +371,24 @@ def run_scenarios(
                 references = [PYTHON, "-m", "bench.references", "bare", "--port", str(bare_port)]
                 with server(references, None, bare_port) as bare_pid:
                     load(bare, warm, bare_pid, clients=4, users=HIT_USERS)
-                    hits, bares = [], []
+                    hits, bares, gzipped = [], [], []
                     for _ in range(rounds):
                         hits.append(load(hit, duration, pid, clients=clients, users=HIT_USERS))
                         bares.append(
                             load(bare, duration, bare_pid, clients=clients, users=HIT_USERS)
                         )
+                        gzipped.append(
+                            load(hit, duration, pid, clients=clients, users=HIT_USERS, gzip=True)
+                        )
                 hit_result = median_round(hits)
                 # The ratio round by round (each pair ran back to back), and its median.
-                ratios = sorted(h["ok_rps"] / b["ok_rps"] for h, b in zip(hits, bares, strict=True))
-                hit_result["share_of_bare"] = round(ratios[len(ratios) // 2], 3)
+                hit_result["share_of_bare"] = median_ratio(hits, bares)
                 named("p13n hit", hit_result)
                 named("bare endpoint (same stack)", median_round(bares))
+                gzip_result = median_round(gzipped)
+                gzip_result["share_of_bare"] = median_ratio(gzipped, bares)
+                gzip_result["size"] = gzipped_size(hit.replace("{n}", "0"))
+                named("p13n hit, gzip", gzip_result)
     return results, size
 
 
@@ -371,6 +413,7 @@ def report(results: list[dict], size: int, duration: float, clients: int, rate: 
             f"{non_2xx(r):>8}  {cache}"
         )
     own, miss_paced, hit_closed, bare = results[0], results[1], results[4], results[5]
+    gzipped = results[6]
     over_p50 = miss_paced["p50_ms"] - own["p50_ms"]
     over_p99 = miss_paced["p99_ms"] - own["p99_ms"]
     share = hit_closed.get("share_of_bare", hit_closed["ok_rps"] / bare["ok_rps"])
@@ -390,6 +433,13 @@ def report(results: list[dict], size: int, duration: float, clients: int, rate: 
         f"vs {bare['ok_rps']:.0f} 2xx/s; "
         f"rounds {_figures(hit_closed)} vs {_figures(bare)}), "
         f"{verdict(share >= HIT_SHARE_GOAL)}"
+    )
+    print(
+        f"goal: cache-hit throughput >= {HIT_SHARE_GOAL:.0%} of the bare endpoint with "
+        f"Accept-Encoding: gzip (answer {gzipped['size'] or 'NOT'} B gzipped, bare "
+        f"{len(DECORATED_BODY)} B plain): {gzipped['share_of_bare']:.0%} (median rounds {gzipped['ok_rps']:.0f} vs "
+        f"{bare['ok_rps']:.0f} 2xx/s; rounds {_figures(gzipped)} vs {_figures(bare)}; "
+        f"encodings {gzipped['encodings']}), {verdict(gzipped['share_of_bare'] >= HIT_SHARE_GOAL)}"
     )
     print(
         "\ncpu ms/req: CPU time of the server answering (all its threads) per request; "
@@ -425,6 +475,7 @@ def main() -> None:
     generator.add_argument("--rate", type=float, default=0.0, help="paced; else closed-loop")
     generator.add_argument("--connections", type=int, default=50)
     generator.add_argument("--users", type=int, default=0, help="distinct users; 0: all new")
+    generator.add_argument("--gzip", action="store_true", help="send Accept-Encoding: gzip")
     args = parser.parse_args()
     if args.command == "load":
         load_main(args)

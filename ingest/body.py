@@ -1,5 +1,11 @@
 """The POST /events request body, as the sample project defined it, with PutEvents limits.
 
+Which content types are read as JSON (``check_media_type``, for every POST body): JSON itself
+(``application/json``, ``application/*+json``), and also ``text/plain`` and no content type at
+all — what ``navigator.sendBeacon`` sends for a string, and what a page sends with ``fetch`` to
+stay a CORS "simple request" (no preflight). The sample project parsed the body whatever its
+type; anything clearly other (forms, multipart, XML, binary) is 415 here.
+
 Decoding checks types and the per-field limits of Amazon Personalize PutEvents (the botocore
 model states them; botocore does not enforce them client-side, so we do, here, before anything
 is written). Unknown fields are refused so that a typo is an error, not silently lost data;
@@ -13,7 +19,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from schemas.errors import InvalidRequest
+from schemas.errors import InvalidRequest, UnsupportedMediaType
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 # PutEvents' eventValue is a 32-bit float (the stream record stores it as an Avro float too):
@@ -56,6 +62,23 @@ class EventsBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _decoder = msgspec.json.Decoder(EventsBody)
+
+# Media types read as JSON besides application/json and application/*+json.
+JSON_AS_WELL = frozenset({"", "text/plain"})
+
+
+def check_media_type(value: str | None) -> None:
+    """Refuse (415) a request body whose ``Content-Type`` is not one read as JSON."""
+    media = (value or "").split(";", 1)[0].strip().lower()
+    if (
+        media == "application/json"
+        or media in JSON_AS_WELL
+        or (media.startswith("application/") and media.endswith("+json"))
+    ):
+        return
+    raise UnsupportedMediaType(
+        f"Content-Type must be application/json (or text/plain), not '{media}'"
+    )
 
 
 def decode_body(raw: bytes) -> EventsBody:

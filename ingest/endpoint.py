@@ -15,11 +15,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ingest.body import decode_body
+from ingest.body import check_media_type, decode_body
 from ingest.events import build_record
 from schemas.codec import INTERACTION, Codec
 from schemas.config import Config
-from schemas.errors import PayloadTooLarge, UnsupportedMediaType
+from schemas.errors import PayloadTooLarge
 from schemas.records import without_partition_key
 from streams.base import Entry
 from streams.producer import Producer
@@ -69,7 +69,7 @@ class EventsEndpoint:
         # One plain dict of the headers: auto-context and the request context look up dozens
         # of names, and Starlette's Headers scans its list on every lookup.
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers}
-        _check_content_type(headers.get("content-type"))
+        check_media_type(headers.get("content-type"))
         raw = await receive_body(receive, headers.get("content-length"), config.max_body_bytes)
         body = decode_body(raw)
         accepted = build_record(body, namespace, config, headers, self._clock())
@@ -95,16 +95,6 @@ def _answer_headers(body: bytes) -> list[tuple[bytes, bytes]]:
         (b"content-length", str(len(body)).encode()),
         (b"content-type", b"application/json"),
     ]
-
-
-def _check_content_type(value: str | None) -> None:
-    media = (value or "").split(";", 1)[0].strip().lower()
-    if media != "application/json" and not (
-        media.startswith("application/") and media.endswith("+json")
-    ):
-        raise UnsupportedMediaType(
-            f"Content-Type must be application/json, not '{media or 'missing'}'"
-        )
 
 
 async def read_body(request: Request, declared: str | None, limit: int) -> bytes:

@@ -1,5 +1,5 @@
 """The service's middleware: request observation (metrics + one JSON log line), header limits,
-API keys with rate limits, and the direct routes, in one ASGI layer."""
+CORS, API keys with rate limits, the direct routes and gzip, in one ASGI layer."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consumers.ratelimit import TokenBucket
+from p13n.compression import MEMO_KEY, accepts_gzip, compressible, gzip
+from p13n.cors import Cors
 from p13n.docs import PUBLIC_PATHS as DOCS_PATHS
 from p13n.errors import ERROR_CODE_KEY, error_response, unexpected_error
 from p13n.fastpath import DirectRoutes
 from p13n.logs import AccessLog
 from p13n.metrics import Metrics
-from schemas.config import ApiKey, AuthConfig, Config, RateLimit
+from schemas.config import ApiKey, AuthConfig, CompressionConfig, Config, RateLimit
 
 # Health probes carry no key; the API docs are public, as FastAPI's are (see p13n.docs).
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"}) | DOCS_PATHS
@@ -29,13 +31,15 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz"}) | DOCS_PATHS
 class Front:
     """The service's outermost layer: every HTTP request passes through it once.
 
-    In order: header limits (431), then the API key and its rate limit (401/403/429) unless the
-    path is public, then the request goes to its direct route (``p13n.fastpath``) if it has one,
-    else to the Starlette application (router, exception handlers). Around all of it: counted
-    and timed by route template, the config version header added to the answer, and one
-    access-log line (never headers or bodies: keys must not reach logs). An unexpected error
-    in a direct route is answered as Starlette's server-error middleware answers the others:
-    the application's 500 handler, then raised again for the server to log.
+    In order: header limits (431), then a CORS preflight answered (``p13n.cors``), then the API
+    key and its rate limit (401/403/429) unless the path is public, then the request goes to its
+    direct route (``p13n.fastpath``) if it has one, else to the Starlette application (router,
+    exception handlers). Around all of it: counted and timed by route template, the config
+    version and CORS headers added to the answer, the answer gzipped when the client accepts it
+    (``p13n.compression``), and one access-log line (never headers or bodies: keys must not
+    reach logs). An unexpected error in a direct route is answered as Starlette's server-error
+    middleware answers the others: the application's 500 handler, then raised again for the
+    server to log.
 
     One layer rather than one per concern, and outside Starlette's own: each ASGI layer costs a
     coroutine and often a wrapped ``send`` per request, which on ``POST /events`` added up to a
@@ -56,6 +60,14 @@ class Front:
         self.access_log = access_log
         self.direct = DirectRoutes(routes)
         self.keys = ApiKeys()
+        self._built: tuple[Config, Cors] | None = None
+
+    def _policies(self, config: Config) -> tuple[Cors, CompressionConfig]:
+        """The CORS headers of ``config``, encoded once per config object."""
+        built = self._built
+        if built is None or built[0] is not config:
+            built = self._built = (config, Cors(config.cors))
+        return built[1], config.compression
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,21 +76,63 @@ class Front:
         started = time.perf_counter()
         config = self.config()
         version = config.version
+        cors, compression = self._policies(config)
         status: int | None = None  # until the answer starts
+        origin: bytes | None = None
+        gzip_ok = False
+        for name, value in scope["headers"]:  # one pass for the headers read here
+            if name == b"origin":
+                origin = value
+            elif name == b"accept-encoding":
+                # not for HEAD: its answer has the headers of a body it does not carry
+                gzip_ok = compression.enabled and accepts_gzip(value) and scope["method"] != "HEAD"
+        extra: list[tuple[bytes, bytes]] = []
+        if version is not None:
+            extra.append(
+                (b"x-personalization-config-version", version.encode("latin-1", "replace"))
+            )
+        if origin is not None and cors.enabled and cors.applies(scope["path"]):
+            extra += cors.answer_headers(origin)
+        held: Message | None = None  # an answer start waiting for its body to be compressed
+        length_at: int | None = None  # where its content-length is
 
         async def observed_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, held, length_at
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if version is not None:
-                    message["headers"] = [
-                        *message.get("headers", ()),
-                        (b"x-personalization-config-version", version.encode("latin-1", "replace")),
-                    ]
+                if extra:
+                    message["headers"] = [*message.get("headers", ()), *extra]
+                if gzip_ok:
+                    headers = message["headers"] = list(message.get("headers", ()))
+                    length_at = _worth_gzip(headers, compression.minimum_bytes)
+                    if length_at is not None:
+                        held = message
+                        return
+            elif held is not None:
+                start, held = held, None
+                body = message.get("body", b"")
+                if not message.get("more_body", False):
+                    packed = gzip(body, compression.level, scope.get(MEMO_KEY))
+                    headers = start["headers"]
+                    headers[length_at] = (b"content-length", str(len(packed)).encode())
+                    headers += _GZIPPED
+                    message["body"] = packed
+                await send(start)  # streamed: sent as it is
             await send(message)
 
         try:
-            refusal = _limit_headers(scope) or self.keys.check(scope, config.auth)
+            refusal = _limit_headers(scope)
+            if (
+                refusal is None
+                and origin is not None
+                and scope["method"] == "OPTIONS"
+                and cors.enabled
+                and cors.applies(scope["path"])
+                and any(n == b"access-control-request-method" for n, _ in scope["headers"])
+            ):
+                refusal = cors.preflight(scope, origin)  # before API keys: preflights carry none
+            elif refusal is None:
+                refusal = self.keys.check(scope, config.auth)
             if refusal is not None:
                 await refusal(scope, receive, observed_send)
             elif not await self.direct.serve(scope, receive, observed_send):
@@ -97,6 +151,32 @@ class Front:
             answered = status or 500  # none: the server answers 500 itself
             self.metrics.observe_request(template, method, answered, elapsed, code)
             self.access_log.request(method, scope["path"], answered, template, elapsed, code)
+
+
+_GZIPPED = ((b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding"))
+
+
+def _worth_gzip(headers: list[tuple[bytes, bytes]], minimum: int) -> int | None:
+    """Where the ``content-length`` is in ``headers``, if the answer they start is to be
+    gzipped (``p13n.compression``): text-like, not encoded yet, and of a known length of at
+    least ``minimum`` bytes; else None."""
+    content_type = length = None
+    length_at = 0
+    for index, (name, value) in enumerate(headers):
+        if name == b"content-type":
+            content_type = value
+        elif name == b"content-length":
+            length, length_at = value, index
+        elif name == b"content-encoding":
+            return None
+    if (
+        length is not None
+        and length.isdigit()
+        and int(length) >= minimum
+        and compressible(content_type)
+    ):
+        return length_at
+    return None
 
 
 MAX_HEADER_BYTES = 16 * 1024

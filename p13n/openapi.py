@@ -52,7 +52,10 @@ _ERRORS = {
     ),
     405: ("MethodNotAllowed", "The route does not take this method (`MethodNotAllowed`)."),
     413: ("PayloadTooLarge", "The body is larger than `limits.maxBodyBytes` (`PayloadTooLarge`)."),
-    415: ("UnsupportedMediaType", "The body is not JSON (`UnsupportedMediaType`)."),
+    415: (
+        "UnsupportedMediaType",
+        "The body is neither JSON nor `text/plain` (`UnsupportedMediaType`).",
+    ),
     429: (
         "TooManyRequests",
         "Throttled: the recommender (its type, e.g. `Personalize`, `ThrottlingException`) or the "
@@ -148,7 +151,11 @@ def _events(config: Config, secured: bool) -> dict[str, Any]:
         ],
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": _events_body(config)}},
+            # text/plain too: what navigator.sendBeacon sends (ingest.body.check_media_type)
+            "content": {
+                media: {"schema": _events_body(config)}
+                for media in ("application/json", "text/plain")
+            },
         },
         "responses": {
             "202": _response(config, "Accepted: durable in the stream.", _json_ref("Accepted")),
@@ -273,7 +280,7 @@ def _action_paths(config: Config, action: str, secured: bool) -> dict[str, Any]:
     body = {
         "required": True,
         "description": "The ids of the items to rank, as a JSON array.",
-        "content": {"application/json": {"schema": _id_list()}},
+        "content": {media: {"schema": _id_list()} for media in ("application/json", "text/plain")},
     }
     return {
         "/rerank-items/{namespace}/{recommender}/{userId}/{itemIds}": {

@@ -14,11 +14,12 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from ingest.body import check_media_type
 from ingest.endpoint import read_body
+from p13n.compression import MEMO_KEY
 from query.service import QueryService
 from query.service import Request as QueryRequest
 from schemas.config import Config
-from schemas.errors import UnsupportedMediaType
 
 QUERY_MEMO_SIZE = 1024
 PATHS = (
@@ -60,9 +61,7 @@ class _Endpoint:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         body = None
         if scope["method"] == "POST":
-            media = headers.get("content-type", "application/json").split(";", 1)[0]
-            if media.strip().lower() not in ("application/json", ""):
-                raise UnsupportedMediaType(f"Content-Type must be application/json, not '{media}'")
+            check_media_type(headers.get("content-type"))
             body = await read_body(
                 Request(scope, receive), headers.get("content-length"), self.config().max_body_bytes
             )
@@ -81,6 +80,8 @@ class _Endpoint:
                 query_string=scope["query_string"],
             )
         )
+        if answer.encodings is not None:
+            scope[MEMO_KEY] = answer.encodings
         raw = [(b"content-length", str(len(answer.body)).encode())]
         raw += [(k.encode(), v.encode("latin-1")) for k, v in answer.headers.items()]
         await send({"type": "http.response.start", "status": answer.status, "headers": raw})

@@ -3,13 +3,35 @@
 Closed: calls pass; ``threshold`` consecutive failures open it. Open: calls are refused for
 ``cooldown`` seconds (the service serves the fallback, a stale entry, or 503). Then half-open:
 one trial call passes; success closes the breaker, failure opens it again for another cooldown.
-Throttling is not a failure of the backend's health and is not counted.
+
+What counts as a failure is ``is_backend_failure``: only what tells that the backend itself is
+unwell — a timeout, a 5xx, a connection that failed, an answer that is not one. A request the
+backend refused (its own 4xx: a filter it does not know, a value it rejects) or that p13n refused
+before calling it says nothing about the backend's health, or the breaker would let five bad
+requests (``?filter=bad!name``) cut every user off for a cooldown. Throttling is not counted
+either: the backend is healthy and asks for less, which adaptive retries and ``Retry-After``
+give it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+
+from schemas.errors import P13nError, PermanentError, Throttled, UpstreamError
+
+# 4xx statuses that still say the backend failed: it timed out, or what it depends on did.
+_FAILED_4XX = frozenset({408, 424})
+
+
+def is_backend_failure(error: P13nError) -> bool:
+    """Whether ``error``, raised by a resolver, counts against its backend's health."""
+    if isinstance(error, Throttled | PermanentError):
+        return False
+    if isinstance(error, UpstreamError) and error.backend_status is not None:
+        status = error.backend_status
+        return not (400 <= status < 500) or status in _FAILED_4XX
+    return True
 
 
 class Breaker:
@@ -61,5 +83,14 @@ class Breaker:
         self._trial_running = False
 
     def released(self) -> None:
-        """A call ended without telling anything about health (e.g. throttled)."""
+        """A call ended without telling anything about health (throttled, or the request
+        refused): the count stays as it was, and a half-open breaker lets the next trial out."""
         self._trial_running = False
+
+    def ended(self, error: P13nError) -> None:
+        """A call ended with ``error``: ``failed`` or ``released`` as ``is_backend_failure``
+        says."""
+        if is_backend_failure(error):
+            self.failed()
+        else:
+            self.released()

@@ -25,7 +25,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from query.base import Query
 from schemas.config import CacheControl, CacheRule
@@ -103,6 +103,9 @@ class Entry:
     created: float  # monotonic
     fresh_until: float  # monotonic
     recommendation_id: str | None = None
+    # The body's encodings (gzip), made on first need and kept as long as the entry: a hit
+    # is compressed once, not once per request (p13n.compression).
+    encodings: dict[object, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 class ResponseCache:

@@ -9,10 +9,12 @@ Order of work for a request:
 3. Caching policy (``query.caching``); an unexpired ETag in ``If-None-Match`` → 304 at once.
 4. GET: a fresh entry of the in-process cache is served as it is; otherwise concurrent
    identical misses share one computation. POST (rerank with a body) is never cached.
-5. Computation: the variation's resolver under its timeout and circuit breaker; on failure or an
-   open breaker, the variation's ``fallback`` (one hop). Then decoration with item metadata
-   (a metadata store that fails leaves items undecorated, counted), the response post-processor,
-   truncation to ``numResults``, ``matchedExperiment``.
+5. Computation: the variation's resolver under its timeout and circuit breaker (which counts
+   only the backend's own failures, ``query.breaker.is_backend_failure``); on failure or an
+   open breaker, the variation's ``fallback`` (one hop). A request the resolver refuses
+   (``PermanentError``, e.g. a malformed filter name) is answered with that error at once.
+   Then decoration with item metadata (a metadata store that fails leaves items undecorated,
+   counted), the response post-processor, truncation to ``numResults``, ``matchedExperiment``.
 6. When every backend failed: a stale cache entry if there is one (``Warning: 110``), else the
    error (429 throttled, 502 upstream, 503 circuit open, 504 timeout).
 7. An exposure record per answer an experiment chose (200 only), offered to the producer
@@ -49,8 +51,8 @@ from schemas.config import Config, Namespace, Recommender, Variation
 from schemas.errors import (
     NotFound,
     P13nError,
+    PermanentError,
     RetryableError,
-    Throttled,
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
@@ -142,6 +144,8 @@ class Answer:
     status: int
     body: bytes
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # The memo of the body's encodings when the body is a cache entry's (``Entry.encodings``).
+    encodings: dict[object, bytes] | None = None
 
 
 class _Built:
@@ -268,13 +272,13 @@ class QueryService:
                     self._cache.store(key, entry)
         except P13nError as exc:
             stale = self._cache.stale(key) if policy.cacheable else None
-            if stale is None or isinstance(exc, NotFound):
+            if stale is None or isinstance(exc, PermanentError):
                 raise
             log.warning("serving a stale response: %s", exc.message)
             entry, outcome = stale, "stale"
         self._observer.cache(outcome)
         self._expose(query, plan.rec, choice, entry, now)
-        return Answer(200, entry.body, self._headers(policy, entry, outcome))
+        return Answer(200, entry.body, self._headers(policy, entry, outcome), entry.encodings)
 
     def _plan(self, built: _Built, request: Request) -> _Plan:
         """The request's plan: remembered for a cacheable GET with its query string, else made
@@ -398,10 +402,9 @@ class QueryService:
                 )
             except P13nError as exc:
                 self._observer.backend(variation.type, exc.code, time.perf_counter() - started)
-                if isinstance(exc, Throttled):
-                    breaker.released()
-                else:
-                    breaker.failed()
+                breaker.ended(exc)
+                if isinstance(exc, PermanentError):
+                    raise  # the request itself was refused: a fallback would ignore what it asked
                 log.warning(
                     "variation %s/%s/%s failed: %s", ns.key, rec.name, variation.name, exc.message
                 )

@@ -126,6 +126,64 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class CorsConfig:
+    """Cross-origin access (``cors``): the sample project's behaviour by default — any origin,
+    preflights answered and remembered by browsers for 500 s. Header names are lower case."""
+
+    enabled: bool = True
+    allow_origins: tuple[str, ...] = ("*",)
+    allow_headers: tuple[str, ...] = ("content-type", "x-api-key", "authorization", "if-none-match")
+    expose_headers: tuple[str, ...] = (
+        "etag",
+        "retry-after",
+        "x-personalization-config-version",
+        "x-p13n-cache",
+        "x-p13n-fallback",
+    )
+    max_age_seconds: int = 500
+
+    @property
+    def any_origin(self) -> bool:
+        return "*" in self.allow_origins
+
+    @classmethod
+    def from_config(cls, doc: Mapping[str, Any] | None) -> CorsConfig:
+        doc = doc or {}
+        default = cls()
+
+        def names(key: str, fallback: tuple[str, ...]) -> tuple[str, ...]:
+            given = doc.get(key)
+            return fallback if given is None else tuple(name.lower() for name in given)
+
+        return cls(
+            enabled=doc.get("enabled", True),
+            allow_origins=tuple(doc.get("allowOrigins", default.allow_origins)),
+            allow_headers=names("allowHeaders", default.allow_headers),
+            expose_headers=names("exposeHeaders", default.expose_headers),
+            max_age_seconds=doc.get("maxAgeSeconds", default.max_age_seconds),
+        )
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """gzip of answers (``compression``) for clients that accept it, from ``minimum_bytes`` on."""
+
+    enabled: bool = True
+    minimum_bytes: int = 1024
+    level: int = 5
+
+    @classmethod
+    def from_config(cls, doc: Mapping[str, Any] | None) -> CompressionConfig:
+        doc = doc or {}
+        default = cls()
+        return cls(
+            enabled=doc.get("enabled", default.enabled),
+            minimum_bytes=doc.get("minimumBytes", default.minimum_bytes),
+            level=doc.get("level", default.level),
+        )
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     """One event target; ``options`` holds the type-specific keys as written."""
 
@@ -238,6 +296,8 @@ class Config:
     source: str = "builtin"
     # Where consumer groups checkpoint: {"type": "sqlite"} or {"type": "dynamodb", ...}.
     checkpoints: Mapping[str, Any] = field(default_factory=lambda: _frozen({"type": "sqlite"}))
+    cors: CorsConfig = field(default_factory=CorsConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
     def namespace(self, key: str) -> Namespace:
         found = self.namespaces.get(key)
@@ -454,6 +514,8 @@ def _build(doc: Mapping[str, Any], source: str) -> Config:
         document=_frozen(doc),
         source=source,
         checkpoints=_frozen(doc.get("checkpoints", {"type": "sqlite"})),
+        cors=CorsConfig.from_config(doc.get("cors")),
+        compression=CompressionConfig.from_config(doc.get("compression")),
     )
 
 

@@ -150,9 +150,24 @@ class Unavailable(RetryableError):
 
 
 class UpstreamError(RetryableError):
+    """``backend_status`` is the HTTP status the backend itself answered with, when it did
+    answer with one (a 4xx there is the backend refusing the request, not failing)."""
+
     status = 502
     type = "Recommender"
     default_code = "UpstreamError"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retry_after: float | None = None,
+        type_: str | None = None,
+        backend_status: int | None = None,
+    ) -> None:
+        super().__init__(message, code=code, retry_after=retry_after, type_=type_)
+        self.backend_status = backend_status
 
 
 class UpstreamTimeout(RetryableError):

@@ -153,7 +153,7 @@ class HttpResolver:
             if status == 429:
                 wait = retry_after_seconds(answer.headers.get("retry-after"))
                 raise Throttled(message, code="HTTP429", retry_after=wait)
-            raise UpstreamError(message, code=f"HTTP{status}")
+            raise UpstreamError(message, code=f"HTTP{status}", backend_status=status)
         return parse(answer.body, query, what)
 
     async def close(self) -> None:

@@ -28,7 +28,10 @@ Anything else is ``UpstreamError`` (502, code ``BadResponse``).
 Failures (``boto_error``): throttling stays ``Throttled`` (429, ``Retry-After`` kept), a
 timeout is ``UpstreamTimeout`` (504) and everything else, a backend's own ``ValidationError``
 included, is ``UpstreamError`` (502) with the backend's error code kept: the caller's request was
-valid, the backend failed to answer it.
+valid, the backend failed to answer it. The error keeps the backend's HTTP status
+(``backend_status``; for SageMaker's ``ModelError`` the model's own, ``OriginalStatusCode``), so
+the circuit breaker can tell a backend refusing one request (4xx) from a backend failing
+(``query.breaker.is_backend_failure``).
 """
 
 from __future__ import annotations
@@ -140,11 +143,14 @@ def bad_response(what: str, reason: str) -> UpstreamError:
     return UpstreamError(f"{what}: {reason}", code=BAD_RESPONSE)
 
 
-def as_upstream(error: P13nError) -> P13nError:
-    """A backend failure as the query path reports it: 429, 504, or else 502 with the code kept."""
+def as_upstream(error: P13nError, backend_status: int | None = None) -> P13nError:
+    """A backend failure as the query path reports it: 429, 504, or else 502 with the code kept
+    (and the status the backend answered with, if known)."""
     if isinstance(error, Throttled | UpstreamTimeout | UpstreamError):
         return error
-    return UpstreamError(error.message, code=error.code, retry_after=error.retry_after)
+    return UpstreamError(
+        error.message, code=error.code, retry_after=error.retry_after, backend_status=backend_status
+    )
 
 
 def boto_error(exc: Exception, what: str) -> P13nError:
@@ -152,10 +158,27 @@ def boto_error(exc: Exception, what: str) -> P13nError:
     if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
         return UpstreamTimeout(f"{what}: {exc}", code="Timeout")
     error = translate(exc, what)
-    if isinstance(exc, ClientError) and error.retry_after is None:
-        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-        error.retry_after = retry_after_seconds(headers.get("retry-after"))
-    return as_upstream(error)
+    status = None
+    if isinstance(exc, ClientError):
+        metadata = exc.response.get("ResponseMetadata", {})
+        if error.retry_after is None:
+            headers = metadata.get("HTTPHeaders", {})
+            error.retry_after = retry_after_seconds(headers.get("retry-after"))
+        if exc.response.get("Error", {}).get("Code") == "ModelError":
+            # 424 says only "the model failed"; the model's own answer says how.
+            status = _status(exc.response.get("OriginalStatusCode"))
+        else:
+            status = _status(metadata.get("HTTPStatusCode"))
+    return as_upstream(error, status)
+
+
+def _status(value: Any) -> int | None:
+    """An HTTP status from an error answer's field (botocore parses them as int; be lenient)."""
+    try:
+        status = int(value)
+    except (TypeError, ValueError):
+        return None
+    return status if 100 <= status <= 599 else None
 
 
 class LazyClient:

@@ -170,6 +170,28 @@ def test_an_accepted_request_is_the_record_in_the_stream(demo: Service) -> None:
 
 
 @pytest.mark.parametrize(
+    "headers",
+    [
+        {"content-type": "text/plain;charset=UTF-8"},  # navigator.sendBeacon with a string
+        {"content-type": "text/plain"},
+        {},  # no content type at all
+        {"content-type": "application/vnd.shop+json"},
+    ],
+)
+def test_bodies_sent_as_text_or_untyped_are_read_as_json(
+    demo: Service, headers: dict[str, str]
+) -> None:
+    session = f"sess-media-{len(headers)}-{hashlib.sha256(repr(headers).encode()).hexdigest()[:8]}"
+    body = {"sessionId": session, "eventList": [{"eventType": "View", "itemId": "item-9"}]}
+    with demo.client() as client:
+        response = client.post("/events/demo", content=json.dumps(body).encode(), headers=headers)
+    assert response.status_code == 202, response.text
+    record = by_record_id(demo)[response.json()["recordId"]]["record"]
+    assert record["sessionId"] == session
+    assert [e["itemId"] for e in record["eventList"]] == ["item-9"]
+
+
+@pytest.mark.parametrize(
     "headers, device",
     [
         ({}, "Desktop"),
@@ -270,12 +292,23 @@ def _bad_requests(limit: int) -> list[tuple[str, dict[str, Any], int, str]]:
         ),
         ("no sessionId", body({"userId": "u", "eventList": [VIEW]}), 400, "ValidationError"),
         (
-            "wrong content type",
-            {**body(ok), "headers": {"content-type": "text/plain"}},
+            "a form",
+            {**body(ok), "headers": {"content-type": "application/x-www-form-urlencoded"}},
             415,
             "UnsupportedMediaType",
         ),
-        ("no content type", {**body(ok), "headers": {}}, 415, "UnsupportedMediaType"),
+        (
+            "multipart",
+            {**body(ok), "headers": {"content-type": "multipart/form-data; boundary=x"}},
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            "XML",
+            {**body(ok), "headers": {"content-type": "application/xml"}},
+            415,
+            "UnsupportedMediaType",
+        ),
         (
             "over the limit",
             body({**ok, "pad": " " * limit}),

@@ -48,6 +48,8 @@ REQUESTS = [
     ("POST", "/events/demo", GOOD, {"content-type": "application/json; charset=utf-8"}),
     ("POST", "/events/nope", GOOD, JSON),
     ("POST", "/events/demo", GOOD, {"content-type": "text/plain"}),
+    ("POST", "/events/demo", GOOD, {}),
+    ("POST", "/events/demo", GOOD, {"content-type": "application/xml"}),
     ("POST", "/events/demo", b'{"sessionId":', JSON),
     ("POST", "/events/demo", b'{"sessionId":"s","eventList":[{}]}', JSON),
     ("POST", "/events/demo", b"{}", JSON),

@@ -9,6 +9,7 @@ is closed (lifespan shut down, producer drained, loop closed).
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import logging
@@ -330,6 +331,21 @@ def test_a_base64_encoded_body_is_decoded(deploy: Callable[..., Deployed]) -> No
     assert answer["statusCode"] == 202, answer
     (record,) = records_in(deployed.endpoint, deployed.stream)
     assert record["eventList"][0]["itemId"] == "item-é"
+
+
+@pytest.mark.parametrize("kind", list(EVENT_KINDS))
+def test_a_gzipped_answer_travels_base64_encoded(
+    deploy: Callable[..., Deployed], kind: str
+) -> None:
+    deployed = deploy()
+    target = "/recommend-items/shop/recs/u-9?numResults=100"
+    answer = deployed(EVENT_KINDS[kind]("GET", target, headers={"accept-encoding": "gzip"}))
+
+    assert answer["statusCode"] == 200, answer
+    assert answer["isBase64Encoded"] is True
+    assert header(answer, "content-encoding") == "gzip"
+    body = json.loads(gzip.decompress(base64.b64decode(answer["body"])))
+    assert len(body["itemList"]) == 100
 
 
 @pytest.mark.parametrize("kind", list(EVENT_KINDS))

@@ -130,7 +130,12 @@ def test_rerank_post_body_errors_and_no_store(service_factory: ServiceFactory) -
         assert error_of(client.post(url, json={"items": ["a"]}), 400)["code"] == (
             "InvalidRequestPayload"
         )
-        error_of(client.post(url, content=b'["a"]', headers={"content-type": "text/plain"}), 415)
+        for media in ("application/xml", "application/x-www-form-urlencoded"):
+            error_of(client.post(url, content=b'["a"]', headers={"content-type": media}), 415)
+        for headers in ({"content-type": "text/plain"}, {}):  # read as JSON, as events are
+            plain = client.post(url, content=b'["c", "a"]', headers=headers)
+            assert plain.status_code == 200, plain.text
+            assert [i["itemId"] for i in plain.json()["personalizedRanking"]] == ["c", "a"]
         huge = json.dumps(["x" * 200] * 2000).encode()
         error_of(client.post(url, content=huge, headers={"content-type": "application/json"}), 413)
 

@@ -13,6 +13,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 import schemas
+from schemas.config import load_config
 
 SCHEMA_PATH = Path(schemas.__file__).parent / "config_schema.json"
 DEFAULT_CONFIG_PATH = Path(schemas.__file__).parent / "default_config.json"
@@ -103,6 +104,14 @@ RICH: dict[str, Any] = {
         "rateLimit": {"requestsPerSecond": 50.5, "burst": 100},
     },
     "limits": {"maxBodyBytes": 1048576},
+    "cors": {
+        "enabled": True,
+        "allowOrigins": ["https://shop.example.com", "http://localhost:3000"],
+        "allowHeaders": ["content-type", "x-api-key"],
+        "exposeHeaders": ["etag"],
+        "maxAgeSeconds": 600,
+    },
+    "compression": {"enabled": True, "minimumBytes": 2048, "level": 6},
     "deadLetter": {"uri": "s3://p13n-dead-letters/prod/"},
     "experimentStore": {
         "type": "dynamodb",
@@ -424,6 +433,18 @@ def test_minimal_config_validates(validator: Draft202012Validator) -> None:
 
 def test_rich_config_validates(validator: Draft202012Validator) -> None:
     assert errors_of(validator, RICH) == []
+
+
+def test_cors_and_compression_load_into_the_typed_model() -> None:
+    config = load_config(RICH)
+    assert config.cors.allow_origins == ("https://shop.example.com", "http://localhost:3000")
+    assert not config.cors.any_origin and config.cors.max_age_seconds == 600
+    assert config.cors.allow_headers == ("content-type", "x-api-key")
+    assert (config.compression.minimum_bytes, config.compression.level) == (2048, 6)
+    default = load_config({"namespaces": {}})
+    assert default.cors.any_origin and default.cors.max_age_seconds == 500
+    assert "x-api-key" in default.cors.allow_headers
+    assert default.compression.enabled and default.compression.minimum_bytes == 1024
 
 
 def test_rich_config_covers_every_target_and_variation_type() -> None:
@@ -959,6 +980,24 @@ BROKEN = [
             ("$.consumer.pollIntervalMs", "0 is less than the minimum of 1"),
         ],
         id="consumer-settings",
+    ),
+    pytest.param(
+        "cors",
+        {"allowOrigins": ["https://shop.example.com/path"], "maxAgeSeconds": -1},
+        [
+            (
+                "$.cors.allowOrigins[0]",
+                r"'https://shop.example.com/path' does not match '^(\\*|https?://[^/?#\\s*]+)$'",
+            ),
+            ("$.cors.maxAgeSeconds", "-1 is less than the minimum of 0"),
+        ],
+        id="cors",
+    ),
+    pytest.param(
+        "compression",
+        {"level": 0},
+        [("$.compression.level", "0 is less than the minimum of 1")],
+        id="compression-level",
     ),
 ]
 
