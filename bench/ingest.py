@@ -1,13 +1,16 @@
 """Benchmark of the write path: POST /events against the running service, for both backends.
 
-Every server and the load generator run as separate processes; Kinesis is moto in server mode.
-In the same run it measures two references: the sample project's way (one synchronous
-PutRecord of the request JSON per request, against the same emulator) and a bare endpoint that
-answers 202 without work on the same server stack. It prints, per scenario: events/s, p50/p99
-acknowledgement latency, and for p13n the stream records and bytes per event (from /metrics).
+Every server and the load generator run as separate processes; Kinesis is the kinesis-local
+emulator (npm, installed by the test command in tests/emulators) or, with ``--emulator moto``,
+moto in server mode. In the same run it measures two references: the sample project's way (one
+synchronous PutRecord of the request JSON per request, against the same emulator) and a bare
+endpoint that answers 202 without work on the same server stack. It prints, per scenario:
+events/s per round, p50/p99 acknowledgement latency, the median of the round-by-round ratios,
+and for p13n the stream records and bytes per event (from /metrics).
 
     .venv/bin/python -m bench.ingest [--connections 50] [--requests 400] [--rounds 5]
     .venv/bin/python -m bench.ingest --scenarios bare,embedded    # the write path's goal alone
+    .venv/bin/python -m bench.ingest --scenarios kinesis --connections 20   # records per event
 """
 
 from __future__ import annotations
@@ -54,12 +57,17 @@ def wait_for(url: str, timeout: float = 30) -> None:
 
 @contextmanager
 def process(
-    args: list[str], ready_url: str | None, env: dict[str, str] | None = None
+    args: list[str],
+    ready_url: str | None,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    grace: float = 30,
 ) -> Iterator[None]:
-    """Run ``args`` until the block ends (SIGTERM, then kill); its output is discarded."""
+    """Run ``args`` until the block ends (SIGTERM, then kill after ``grace`` seconds); its
+    output is discarded."""
     with tempfile.TemporaryFile(prefix="p13n-bench-") as log:
         proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT
+            args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd
         )
         try:
             if ready_url:
@@ -68,7 +76,7 @@ def process(
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(30)
+                proc.wait(grace)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -110,25 +118,63 @@ def scrape(base: str) -> dict[str, float]:
     return values
 
 
+KINESIS_LOCAL_DIR = ROOT / "tests" / "emulators" / "node_modules" / "kinesis-local"
+
+
+@contextmanager
+def emulator(kind: str) -> Iterator[str]:
+    """A Kinesis emulator on a free port; yields its endpoint URL."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    if kind == "moto":
+        args = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+        with process(args, f"{endpoint}/moto-api/"):
+            yield endpoint
+        return
+    if not (KINESIS_LOCAL_DIR / "main.js").is_file():
+        raise SystemExit(
+            f"kinesis-local is not installed in {KINESIS_LOCAL_DIR} (scripts/test installs it)"
+        )
+    env = {
+        "KINESIS_MOCK_PLAIN_PORT": str(port),
+        "KINESIS_MOCK_TLS_PORT": str(free_port()),
+        "LOG_LEVEL": "WARN",
+        "CREATE_STREAM_DURATION": "100ms",
+    }
+    # kinesis-local waits on SIGTERM for idle keep-alive clients that never leave; it keeps
+    # nothing worth a longer grace.
+    with process(["node", "main.js"], None, env, cwd=KINESIS_LOCAL_DIR, grace=1):
+        wait_port(port)
+        yield endpoint
+
+
 def kinesis_stream(endpoint: str, name: str, shards: int) -> None:
     import boto3
 
     client = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1")
-    client.create_stream(StreamName=name, ShardCount=shards)
+    deadline = time.monotonic() + 30
+    while True:  # kinesis-local answers on its port a moment before it takes requests
+        try:
+            client.create_stream(StreamName=name, ShardCount=shards)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     client.get_waiter("stream_exists").wait(
         StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100}
     )
 
 
 @contextmanager
-def p13n_server(config: dict | None) -> Iterator[str]:
+def p13n_server(config: dict | None, workers: int = 1) -> Iterator[str]:
     """The service on a free port (``--no-consumers``: bench/consume measures the consumers;
     access logs stay on); yields its base URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as data:
         args = [str(BIN / "p13n"), "serve", "--port", str(port), "--data-dir", data]
-        args.append("--no-consumers")
+        args += ["--no-consumers", "--workers", str(workers)]
         if config is not None:
             path = Path(data) / "config.json"
             path.write_text(json.dumps(config))
@@ -214,6 +260,13 @@ def main() -> None:
         "--sample-requests", type=int, default=20, help="per connection, for the slow reference"
     )
     parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--emulator", choices=("kinesis-local", "moto"), default="kinesis-local")
+    parser.add_argument(
+        "--producer",
+        type=json.loads,
+        default={},
+        help="JSON of stream.producer settings for p13n on Kinesis, e.g. '{\"maxInFlight\": 4}'",
+    )
     parser.add_argument(
         "--scenarios",
         type=scenario_list,
@@ -229,20 +282,13 @@ def main() -> None:
     labels = {
         "bare": "bare endpoint (202, no work)",
         "embedded": "p13n embedded",
-        "kinesis": "p13n kinesis (moto)",
+        "kinesis": f"p13n kinesis ({args.emulator})",
         "sample": "sample's way (PutRecord per request)",
     }
     with contextlib.ExitStack() as stack:
         moto = ""
         if chosen & {"kinesis", "sample"}:
-            moto_port = free_port()
-            moto = f"http://127.0.0.1:{moto_port}"
-            stack.enter_context(
-                process(
-                    [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
-                    f"{moto}/moto-api/",
-                )
-            )
+            moto = stack.enter_context(emulator(args.emulator))
         # Every server runs for the whole benchmark; the rounds take turns, so a slow spell
         # of the machine falls on every scenario alike rather than on one of them.
         servers: dict[str, tuple[str, str]] = {}  # scenario -> (base URL, namespace)
@@ -259,6 +305,7 @@ def main() -> None:
                     "streamName": "bench-p13n",
                     "region": "us-east-1",
                     "endpointUrl": moto,
+                    **({"producer": args.producer} if args.producer else {}),
                 },
                 "namespaces": {"bench": {"eventTargets": [{"type": "interactions"}]}},
             }
