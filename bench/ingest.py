@@ -44,7 +44,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(url: str, timeout: float = 30) -> None:
+def wait_for(url: str, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -71,7 +71,12 @@ def process(
         )
         try:
             if ready_url:
-                wait_for(ready_url)
+                try:
+                    wait_for(ready_url)
+                except SystemExit:
+                    log.seek(0)
+                    sys.stderr.write(log.read()[-3000:].decode(errors="replace"))
+                    raise
             yield
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -264,8 +269,9 @@ def main() -> None:
     parser.add_argument(
         "--producer",
         type=json.loads,
-        default={},
-        help="JSON of stream.producer settings for p13n on Kinesis, e.g. '{\"maxInFlight\": 4}'",
+        action="append",
+        help="JSON of stream.producer settings for p13n on Kinesis, e.g. '{\"lingerMs\": 4}'; "
+        "repeat it to compare settings side by side in one run",
     )
     parser.add_argument(
         "--scenarios",
@@ -297,19 +303,24 @@ def main() -> None:
         if "embedded" in chosen:
             servers["embedded"] = (stack.enter_context(p13n_server(None)), "demo")
         if "kinesis" in chosen:
-            kinesis_stream(moto, "bench-p13n", args.shards)
-            kinesis_config = {
-                "version": "bench",
-                "stream": {
-                    "type": "kinesis",
-                    "streamName": "bench-p13n",
-                    "region": "us-east-1",
-                    "endpointUrl": moto,
-                    **({"producer": args.producer} if args.producer else {}),
-                },
-                "namespaces": {"bench": {"eventTargets": [{"type": "interactions"}]}},
-            }
-            servers["kinesis"] = (stack.enter_context(p13n_server(kinesis_config)), "bench")
+            for number, settings in enumerate(args.producer or [{}]):
+                key = "kinesis" if number == 0 else f"kinesis{number}"
+                if settings:
+                    labels[key] = f"p13n kinesis ({args.emulator}) {json.dumps(settings)}"[:40]
+                stream_name = f"bench-p13n-{number}"
+                kinesis_stream(moto, stream_name, args.shards)
+                kinesis_config = {
+                    "version": "bench",
+                    "stream": {
+                        "type": "kinesis",
+                        "streamName": stream_name,
+                        "region": "us-east-1",
+                        "endpointUrl": moto,
+                        **({"producer": settings} if settings else {}),
+                    },
+                    "namespaces": {"bench": {"eventTargets": [{"type": "interactions"}]}},
+                }
+                servers[key] = (stack.enter_context(p13n_server(kinesis_config)), "bench")
         if "sample" in chosen:
             kinesis_stream(moto, "bench-sample", args.shards)
             extra = ["--stream", "bench-sample", "--endpoint-url", moto]
@@ -320,7 +331,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, (base, namespace) in servers.items():
                 requests = args.sample_requests if name == "sample" else args.requests
-                observed = name in ("embedded", "kinesis")
+                observed = name == "embedded" or name.startswith("kinesis")
                 rounds[name].append(
                     measure(labels[name], base, namespace, args.connections, requests, observed)
                 )

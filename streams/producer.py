@@ -10,8 +10,9 @@ Contract:
   (503 with ``Retry-After``) at once, before anything is queued.
 * Entries wait in *lanes* (``LanedWriter.lane``: a Kinesis shard; one lane for other writers).
   A lane's batch is written when it reaches ``max_batch_records`` or ``max_batch_bytes``, or
-  ``linger_ms`` after its oldest entry arrived; one call carries the batches of every lane that
-  is ready. Up to ``max_in_flight`` calls run at once, but a lane is in at most one of them, so
+  ``linger_ms`` after its oldest entry arrived or its previous call ended, whichever is later
+  (so the callers that call answered can join the next one); a call carries the batches of
+  every idle lane that has entries, once one of them is ready. Up to ``max_in_flight`` calls run at once, but a lane is in at most one of them, so
   a lane's entries reach the stream in the order ``put`` was called and the writer keeps that
   order per key. When the writer redraws its lanes (a reshard), calls in flight finish first
   and the waiting entries are routed again, in order.
@@ -77,6 +78,7 @@ class _Lane:
     size: int = 0  # bytes waiting
     busy: bool = False  # in a call now
     not_before: float = 0.0  # backing off until (monotonic)
+    returned: float = 0.0  # when its last call ended (monotonic)
     failures: int = 0
 
 
@@ -232,6 +234,7 @@ class Producer:
                     return None
                 wake_at: float | None = None
                 ready: list[_Lane] = []
+                lingering: list[_Lane] = []
                 if self._in_flight < cfg.max_in_flight or self._laned is None:
                     now = time.monotonic()
                     for lane in self._lanes.values():
@@ -243,13 +246,17 @@ class Producer:
                             self._closing
                             or len(lane.queue) >= cfg.max_batch_records
                             or lane.size >= cfg.max_batch_bytes
-                            or (at := lane.queue[0].enqueued + linger) <= now
+                            or (at := max(lane.queue[0].enqueued, lane.returned) + linger) <= now
                         ):
                             ready.append(lane)
                             continue
+                        else:
+                            lingering.append(lane)
                         wake_at = at if wake_at is None else min(wake_at, at)
                 if ready:
-                    return self._fill(ready)
+                    # A call goes anyway: lanes still lingering ride along instead of making
+                    # calls of their own (a call costs more than a record).
+                    return self._fill(ready + lingering)
                 if wake_at is None:
                     self._lock.wait()
                 else:
@@ -303,8 +310,10 @@ class Producer:
                     self._write(batch)
             finally:
                 with self._lock:
+                    returned = time.monotonic()
                     for lane in lanes:
                         lane.busy = False
+                        lane.returned = returned
                     self._in_flight -= 1
                     self._lock.notify_all()
 
