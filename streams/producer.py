@@ -19,8 +19,8 @@ Contract:
 * With a ``LanedWriter`` the producer owns retries: entries a call did not write (failed
   inside the call, not sent, or the whole call failed with a retryable error) go back to the
   head of their lane, and that lane alone backs off (exponential, full jitter) while the other
-  lanes go on; a throttled shard does not stall the rest. Retries end at ``put_timeout_ms``
-  after the entry arrived. A plain ``StreamWriter`` retries inside ``put_batch``; its failure
+  lanes go on; a throttled shard does not stall the rest. An entry still failing
+  ``RETRY_SECONDS`` after its first call is given up (503); one waits at most ``put_timeout_ms``. A plain ``StreamWriter`` retries inside ``put_batch``; its failure
   fails the batch.
 * ``offer(entry)`` queues without waiting (exposures); it returns False instead of raising.
 * ``close()`` stops accepting, writes everything still queued, then closes the writer.
@@ -48,6 +48,8 @@ log = logging.getLogger("p13n.producer")
 UNAVAILABLE_BACKOFF = (0.5, 8.0)
 # A lane whose entries failed waits uniform(0, min(cap, base * 2**failures)) seconds.
 LANE_BACKOFF = (0.05, 1.0)
+# An entry that keeps failing is given up (503 to its caller) this long after its first call.
+RETRY_SECONDS = 5.0
 
 
 class ProducerMetrics(Protocol):
@@ -70,6 +72,7 @@ class _Pending:
     cancelled: bool = False
     seq: int = 0  # arrival order, to route again in order after a reshard
     lane: str = ""
+    first_call: float = 0.0  # monotonic, when it was first in a call
 
 
 @dataclass(eq=False, slots=True)
@@ -287,6 +290,8 @@ class Producer:
                 batch.append(head)
                 size += head.size
                 taken += 1
+                if not head.first_call:
+                    head.first_call = time.monotonic()
             if taken:
                 lane.busy = True
                 used.append(lane)
@@ -381,15 +386,21 @@ class Producer:
 
     def _requeue(self, entries: list[_Pending], failed: dict[str, P13nError]) -> None:
         """Back to the head of their lanes, in order. The ``failed`` lanes back off; entries
-        merely not sent (the call was full) go again at once."""
+        merely not sent (the call was full) go again at once. Entries that have failed for
+        ``RETRY_SECONDS`` are given up."""
         for reason in {id(r): r for r in failed.values()}.values():
             log.warning(
                 "stream write failed, retrying: %s", reason.message, extra={"code": reason.code}
             )
         now = time.monotonic()
+        given_up: Settled = []
         with self._lock:
             by_lane: dict[str, list[_Pending]] = {}
             for pending in entries:
+                why = failed.get(pending.lane)
+                if why is not None and now - pending.first_call >= RETRY_SECONDS:
+                    given_up.append((pending, _client_error(why)))
+                    continue
                 by_lane.setdefault(pending.lane, []).append(pending)
             for name, items in by_lane.items():
                 lane = self._lanes.get(name)
@@ -398,11 +409,13 @@ class Producer:
                 lane.queue.extendleft(reversed(items))
                 lane.size += sum(p.size for p in items)
                 self._waiting += len(items)
-                if name in failed:
+            for name in failed:
+                if (lane := self._lanes.get(name)) is not None:
                     lane.failures += 1
                     cap = min(LANE_BACKOFF[1], LANE_BACKOFF[0] * 2**lane.failures)
                     lane.not_before = now + random.uniform(0, cap)
             self._lock.notify_all()
+        _resolve(given_up)
 
     def _refuse_for_a_while(self, exc: P13nError) -> None:
         """After a failed call: refuse new puts at once for a while if the stream seems
