@@ -160,6 +160,11 @@ class LanedWriter(StreamWriter, Protocol):
 
     def lane(self, entry: Entry) -> str: ...
 
+    def load_lanes(self) -> None:
+        """Draw the lanes now (Kinesis: ListShards), so the first calls can run in parallel;
+        raises ``P13nError`` when the stream cannot be reached (the first call tries again)."""
+        ...
+
     def attempt(
         self, entries: Sequence[Entry]
     ) -> tuple[list[Written | P13nError | None], WriteStats]: ...

@@ -124,6 +124,9 @@ class KinesisWriter:
     def routing_epoch(self) -> int:
         return self._epoch
 
+    def load_lanes(self) -> None:
+        self._shard_map()
+
     def lane(self, entry: Entry) -> str:
         """The shard ``entry`` is routed to by the current shard map ("" before one is loaded,
         or for a hash key in a gap of a map that is being resharded)."""

@@ -120,6 +120,12 @@ class Producer:
     # -- public -------------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._laned is not None:
+            try:
+                self._laned.load_lanes()
+            except P13nError as exc:  # the first call loads them; puts may be refused till then
+                log.warning("stream lanes not loaded at start: %s", exc.message)
+            self._epoch = self._laned.routing_epoch
         for thread in self._threads:
             thread.start()
 
