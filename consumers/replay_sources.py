@@ -105,7 +105,11 @@ def open_source(
     storage = open_storage(uri, region=region, endpoint_url=endpoint_url)
     if isinstance(storage, FileStorage) and os.path.isfile(storage.root):
         return FirehoseSource(storage, codec, partition_key)
-    if any(name.startswith("namespace=") for name in storage.folders()):
+    folders = storage.folders()
+    # An archive whose files have not rolled yet holds only its staging folder.
+    if STAGING in folders:
+        folders += storage.folders(STAGING)
+    if any(name.startswith("namespace=") for name in folders):
         return ArchiveSource(storage)
     return FirehoseSource(storage, codec, partition_key)
 
@@ -195,42 +199,51 @@ class ArchiveSource:
     def files(
         self, namespace: str | None, start_ms: int | None, end_ms: int | None
     ) -> list[_ArchiveFile]:
-        """The files of the partitions that can hold records of the window and namespace."""
+        """The files of the partitions that can hold records of the window and namespace,
+        rolled ones and the staging segments of those not rolled yet."""
         found = []
-        for ns_folder in self.storage.folders():
+        for prefix, hour_ms in self._partitions("", namespace, start_ms, end_ms):
+            for stored in self.storage.files(prefix):
+                name = stored.key[len(prefix) :]
+                if "/" in name or not name.endswith(SUFFIX):
+                    continue
+                try:
+                    shard_id, sequence, sub = parse_stem(name[: -len(SUFFIX)])
+                except ValueError:
+                    continue
+                found.append(_ArchiveFile(stored.key, hour_ms, shard_id, (sequence, sub)))
+        for prefix, hour_ms in self._partitions(f"{STAGING}/", namespace, start_ms, end_ms):
+            partition = prefix[len(STAGING) + 1 :]
+            for stored in self.storage.files(prefix):
+                segment = _segment(partition, stored, hour_ms)
+                if segment is not None:
+                    found.append(segment)
+        return found
+
+    def _partitions(
+        self, base: str, namespace: str | None, start_ms: int | None, end_ms: int | None
+    ) -> Iterator[tuple[str, int]]:
+        """``(folder prefix, hour)`` of the ``namespace=/dt=/hour=`` folders under ``base``
+        that can hold records of the window and namespace."""
+        for ns_folder in self.storage.folders(base):
             if not ns_folder.startswith("namespace=") or (
                 namespace is not None and ns_folder != f"namespace={namespace}"
             ):
                 continue
-            for dt_folder in self.storage.folders(ns_folder):
+            for dt_folder in self.storage.folders(f"{base}{ns_folder}"):
                 try:
                     day_ms = _hour_ms(dt_folder, "hour=0")
                 except ValueError:
                     continue
                 if not _overlaps(day_ms, DAY_MS, start_ms, end_ms):
                     continue
-                for hour_folder in self.storage.folders(f"{ns_folder}/{dt_folder}"):
+                for hour_folder in self.storage.folders(f"{base}{ns_folder}/{dt_folder}"):
                     try:
                         hour_ms = _hour_ms(dt_folder, hour_folder)
                     except ValueError:
                         continue
-                    if not _overlaps(hour_ms, HOUR_MS, start_ms, end_ms):
-                        continue
-                    prefix = f"{ns_folder}/{dt_folder}/{hour_folder}/"
-                    for stored in self.storage.files(prefix):
-                        name = stored.key[len(prefix) :]
-                        if "/" in name or not name.endswith(SUFFIX):
-                            continue
-                        try:
-                            shard_id, sequence, sub = parse_stem(name[: -len(SUFFIX)])
-                        except ValueError:
-                            continue
-                        found.append(_ArchiveFile(stored.key, hour_ms, shard_id, (sequence, sub)))
-                    for stored in self.storage.files(f"{STAGING}/{prefix}"):
-                        segment = _segment(prefix, stored, hour_ms)
-                        if segment is not None:
-                            found.append(segment)
-        return found
+                    if _overlaps(hour_ms, HOUR_MS, start_ms, end_ms):
+                        yield f"{base}{ns_folder}/{dt_folder}/{hour_folder}/", hour_ms
 
     def items(
         self,
