@@ -80,6 +80,9 @@ class ProducerConfig:
     max_in_flight: int = 4
 
 
+KINESIS_LINGER_MS = 5.0  # the default linger_ms on Kinesis
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     type: str = "embedded"
@@ -381,8 +384,12 @@ def _build(doc: Mapping[str, Any], source: str) -> Config:
     root = _inherit(doc, {})
     namespaces = {key: _namespace(key, ns, root) for key, ns in doc["namespaces"].items()}
     stream_doc = doc.get("stream", {})
+    # A PutRecords call costs far more than a SQLite commit, so on Kinesis a batch waits a
+    # little longer for the callers the previous call answered.
+    linger = KINESIS_LINGER_MS if stream_doc.get("type") == "kinesis" else ProducerConfig.linger_ms
     producer = ProducerConfig(
-        **{
+        **{"linger_ms": linger}
+        | {
             attr: stream_doc.get("producer", {})[key]
             for attr, key in (
                 ("linger_ms", "lingerMs"),
