@@ -348,12 +348,13 @@ def main() -> None:
     for key, result in zip(servers, results, strict=True):
         result["x_sample"] = round(paired(key, "sample"), 2)
         result["share_of_bare"] = round(paired(key, "bare"), 3)
+        result["share_of_embedded"] = round(paired(key, "embedded"), 3)
     print(
         f"\nPOST /events — {args.connections} clients, one event per request, keep-alive; "
         f"{os.cpu_count()} cores; each scenario's median round of {args.rounds}, taking turns;\n"
-        "xsample and %bare: the median of the round-by-round ratios\n"
+        "xsample, %bare and %emb: the median of the round-by-round ratios\n"
     )
-    header = f"{'scenario':40} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'xsample':>8} {'%bare':>6} {'rec/ev':>7} {'B/ev':>6} {'non-2xx':>8}  rounds (events/s)"
+    header = f"{'scenario':40} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'xsample':>8} {'%bare':>6} {'%emb':>5} {'rec/ev':>7} {'B/ev':>6} {'ev/call':>7} {'non-2xx':>8}  rounds (events/s)"
     print(header)
     print("-" * len(header))
     for r in results:
@@ -361,12 +362,14 @@ def main() -> None:
         print(
             f"{r['name']:40} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
             f"{r['x_sample']:>8.1f} {100 * r['share_of_bare']:>5.0f}% "
-            f"{r.get('stream_records_per_event', float('nan')):>7.3f} {r.get('stream_bytes_per_event', float('nan')):>6.1f} {non_2xx:>8}  "
+            f"{100 * r['share_of_embedded']:>4.0f}% "
+            f"{r.get('stream_records_per_event', float('nan')):>7.3f} {r.get('stream_bytes_per_event', float('nan')):>6.1f} "
+            f"{r.get('events_per_write_call', float('nan')):>7.1f} {non_2xx:>8}  "
             + " ".join(f"{v:.0f}" for v in r["rps_all"])
         )
     print(
         "\nrec/ev: stream records per event (a KPL aggregate counts once); B/ev: stream bytes per event "
-        "(record data + partition key)."
+        "(record data + partition key); ev/call: events per stream write call (PutRecords or commit)."
     )
     print(json.dumps(results))
 
