@@ -8,6 +8,11 @@ its own while later ones succeed, so this is what keeps entries of one key in or
 partial failures and retries. An entry is durable once PutRecords returned a sequence number
 for the Kinesis record carrying it.
 
+Pipelining. The writer is a ``streams.base.LanedWriter``: its lanes for the producer are the
+shards of its map, and ``attempt`` (one call, per-entry outcomes, no retries) may run in several
+threads at once for different shards; the producer keeps one call per shard and owns the
+retries. ``put_batch`` (one caller at a time, retries inside) is the same call in a loop.
+
 Resharding. The writer routes by its copy of ListShards, refreshed every
 ``shard_refresh_seconds`` and as soon as Kinesis puts a record on a shard other than the one
 routed to. Until then an aggregate built for a parent shard lands on one child and may carry
