@@ -1,13 +1,16 @@
 """Benchmark of the write path: POST /events against the running service, for both backends.
 
-Every server and the load generator run as separate processes; Kinesis is moto in server mode.
-In the same run it measures two references: the sample project's way (one synchronous
-PutRecord of the request JSON per request, against the same emulator) and a bare endpoint that
-answers 202 without work on the same server stack. It prints, per scenario: events/s, p50/p99
-acknowledgement latency, and for p13n the stream records and bytes per event (from /metrics).
+Every server and the load generator run as separate processes; Kinesis is the kinesis-local
+emulator (npm, installed by the test command in tests/emulators) or, with ``--emulator moto``,
+moto in server mode. In the same run it measures two references: the sample project's way (one
+synchronous PutRecord of the request JSON per request, against the same emulator) and a bare
+endpoint that answers 202 without work on the same server stack. It prints, per scenario:
+events/s per round, p50/p99 acknowledgement latency, the median of the round-by-round ratios,
+and for p13n the stream records and bytes per event (from /metrics).
 
     .venv/bin/python -m bench.ingest [--connections 50] [--requests 400] [--rounds 5]
     .venv/bin/python -m bench.ingest --scenarios bare,embedded    # the write path's goal alone
+    .venv/bin/python -m bench.ingest --scenarios kinesis --connections 20   # records per event
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(url: str, timeout: float = 30) -> None:
+def wait_for(url: str, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -54,21 +57,31 @@ def wait_for(url: str, timeout: float = 30) -> None:
 
 @contextmanager
 def process(
-    args: list[str], ready_url: str | None, env: dict[str, str] | None = None
+    args: list[str],
+    ready_url: str | None,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    grace: float = 30,
 ) -> Iterator[None]:
-    """Run ``args`` until the block ends (SIGTERM, then kill); its output is discarded."""
+    """Run ``args`` until the block ends (SIGTERM, then kill after ``grace`` seconds); its
+    output is discarded."""
     with tempfile.TemporaryFile(prefix="p13n-bench-") as log:
         proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT
+            args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd
         )
         try:
             if ready_url:
-                wait_for(ready_url)
+                try:
+                    wait_for(ready_url)
+                except SystemExit:
+                    log.seek(0)
+                    sys.stderr.write(log.read()[-3000:].decode(errors="replace"))
+                    raise
             yield
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(30)
+                proc.wait(grace)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -110,25 +123,63 @@ def scrape(base: str) -> dict[str, float]:
     return values
 
 
+KINESIS_LOCAL_DIR = ROOT / "tests" / "emulators" / "node_modules" / "kinesis-local"
+
+
+@contextmanager
+def emulator(kind: str) -> Iterator[str]:
+    """A Kinesis emulator on a free port; yields its endpoint URL."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    if kind == "moto":
+        args = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+        with process(args, f"{endpoint}/moto-api/"):
+            yield endpoint
+        return
+    if not (KINESIS_LOCAL_DIR / "main.js").is_file():
+        raise SystemExit(
+            f"kinesis-local is not installed in {KINESIS_LOCAL_DIR} (scripts/test installs it)"
+        )
+    env = {
+        "KINESIS_MOCK_PLAIN_PORT": str(port),
+        "KINESIS_MOCK_TLS_PORT": str(free_port()),
+        "LOG_LEVEL": "WARN",
+        "CREATE_STREAM_DURATION": "100ms",
+    }
+    # kinesis-local waits on SIGTERM for idle keep-alive clients that never leave; it keeps
+    # nothing worth a longer grace.
+    with process(["node", "main.js"], None, env, cwd=KINESIS_LOCAL_DIR, grace=1):
+        wait_port(port)
+        yield endpoint
+
+
 def kinesis_stream(endpoint: str, name: str, shards: int) -> None:
     import boto3
 
     client = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1")
-    client.create_stream(StreamName=name, ShardCount=shards)
+    deadline = time.monotonic() + 30
+    while True:  # kinesis-local answers on its port a moment before it takes requests
+        try:
+            client.create_stream(StreamName=name, ShardCount=shards)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     client.get_waiter("stream_exists").wait(
         StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100}
     )
 
 
 @contextmanager
-def p13n_server(config: dict | None) -> Iterator[str]:
+def p13n_server(config: dict | None, workers: int = 1) -> Iterator[str]:
     """The service on a free port (``--no-consumers``: bench/consume measures the consumers;
     access logs stay on); yields its base URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as data:
         args = [str(BIN / "p13n"), "serve", "--port", str(port), "--data-dir", data]
-        args.append("--no-consumers")
+        args += ["--no-consumers", "--workers", str(workers)]
         if config is not None:
             path = Path(data) / "config.json"
             path.write_text(json.dumps(config))
@@ -214,6 +265,14 @@ def main() -> None:
         "--sample-requests", type=int, default=20, help="per connection, for the slow reference"
     )
     parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--emulator", choices=("kinesis-local", "moto"), default="kinesis-local")
+    parser.add_argument(
+        "--producer",
+        type=json.loads,
+        action="append",
+        help="JSON of stream.producer settings for p13n on Kinesis, e.g. '{\"lingerMs\": 4}'; "
+        "repeat it to compare settings side by side in one run",
+    )
     parser.add_argument(
         "--scenarios",
         type=scenario_list,
@@ -229,20 +288,13 @@ def main() -> None:
     labels = {
         "bare": "bare endpoint (202, no work)",
         "embedded": "p13n embedded",
-        "kinesis": "p13n kinesis (moto)",
+        "kinesis": f"p13n kinesis ({args.emulator})",
         "sample": "sample's way (PutRecord per request)",
     }
     with contextlib.ExitStack() as stack:
         moto = ""
         if chosen & {"kinesis", "sample"}:
-            moto_port = free_port()
-            moto = f"http://127.0.0.1:{moto_port}"
-            stack.enter_context(
-                process(
-                    [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
-                    f"{moto}/moto-api/",
-                )
-            )
+            moto = stack.enter_context(emulator(args.emulator))
         # Every server runs for the whole benchmark; the rounds take turns, so a slow spell
         # of the machine falls on every scenario alike rather than on one of them.
         servers: dict[str, tuple[str, str]] = {}  # scenario -> (base URL, namespace)
@@ -251,18 +303,24 @@ def main() -> None:
         if "embedded" in chosen:
             servers["embedded"] = (stack.enter_context(p13n_server(None)), "demo")
         if "kinesis" in chosen:
-            kinesis_stream(moto, "bench-p13n", args.shards)
-            kinesis_config = {
-                "version": "bench",
-                "stream": {
-                    "type": "kinesis",
-                    "streamName": "bench-p13n",
-                    "region": "us-east-1",
-                    "endpointUrl": moto,
-                },
-                "namespaces": {"bench": {"eventTargets": [{"type": "interactions"}]}},
-            }
-            servers["kinesis"] = (stack.enter_context(p13n_server(kinesis_config)), "bench")
+            for number, settings in enumerate(args.producer or [{}]):
+                key = "kinesis" if number == 0 else f"kinesis{number}"
+                if settings:
+                    labels[key] = f"p13n kinesis ({args.emulator}) {json.dumps(settings)}"[:40]
+                stream_name = f"bench-p13n-{number}"
+                kinesis_stream(moto, stream_name, args.shards)
+                kinesis_config = {
+                    "version": "bench",
+                    "stream": {
+                        "type": "kinesis",
+                        "streamName": stream_name,
+                        "region": "us-east-1",
+                        "endpointUrl": moto,
+                        **({"producer": settings} if settings else {}),
+                    },
+                    "namespaces": {"bench": {"eventTargets": [{"type": "interactions"}]}},
+                }
+                servers[key] = (stack.enter_context(p13n_server(kinesis_config)), "bench")
         if "sample" in chosen:
             kinesis_stream(moto, "bench-sample", args.shards)
             extra = ["--stream", "bench-sample", "--endpoint-url", moto]
@@ -273,7 +331,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, (base, namespace) in servers.items():
                 requests = args.sample_requests if name == "sample" else args.requests
-                observed = name in ("embedded", "kinesis")
+                observed = name == "embedded" or name.startswith("kinesis")
                 rounds[name].append(
                     measure(labels[name], base, namespace, args.connections, requests, observed)
                 )
@@ -290,12 +348,13 @@ def main() -> None:
     for key, result in zip(servers, results, strict=True):
         result["x_sample"] = round(paired(key, "sample"), 2)
         result["share_of_bare"] = round(paired(key, "bare"), 3)
+        result["share_of_embedded"] = round(paired(key, "embedded"), 3)
     print(
         f"\nPOST /events — {args.connections} clients, one event per request, keep-alive; "
         f"{os.cpu_count()} cores; each scenario's median round of {args.rounds}, taking turns;\n"
-        "xsample and %bare: the median of the round-by-round ratios\n"
+        "xsample, %bare and %emb: the median of the round-by-round ratios\n"
     )
-    header = f"{'scenario':40} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'xsample':>8} {'%bare':>6} {'rec/ev':>7} {'B/ev':>6} {'non-2xx':>8}  rounds (events/s)"
+    header = f"{'scenario':40} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'xsample':>8} {'%bare':>6} {'%emb':>5} {'rec/ev':>7} {'B/ev':>6} {'ev/call':>7} {'non-2xx':>8}  rounds (events/s)"
     print(header)
     print("-" * len(header))
     for r in results:
@@ -303,12 +362,14 @@ def main() -> None:
         print(
             f"{r['name']:40} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
             f"{r['x_sample']:>8.1f} {100 * r['share_of_bare']:>5.0f}% "
-            f"{r.get('stream_records_per_event', float('nan')):>7.3f} {r.get('stream_bytes_per_event', float('nan')):>6.1f} {non_2xx:>8}  "
+            f"{100 * r['share_of_embedded']:>4.0f}% "
+            f"{r.get('stream_records_per_event', float('nan')):>7.3f} {r.get('stream_bytes_per_event', float('nan')):>6.1f} "
+            f"{r.get('events_per_write_call', float('nan')):>7.1f} {non_2xx:>8}  "
             + " ".join(f"{v:.0f}" for v in r["rps_all"])
         )
     print(
         "\nrec/ev: stream records per event (a KPL aggregate counts once); B/ev: stream bytes per event "
-        "(record data + partition key)."
+        "(record data + partition key); ev/call: events per stream write call (PutRecords or commit)."
     )
     print(json.dumps(results))
 

@@ -5,6 +5,10 @@
 
 * **archive** — the root holds ``namespace=NS`` folders (``consumers.targets.archive``). Whole
   partitions outside the namespace and time window are skipped before any file is opened.
+  Files not rolled yet are read from their durable staging segments, so a replay sees every
+  record the archive target has acknowledged (and so checkpointed), however recently. A record
+  found twice — in a segment and in the file it has just been rolled into, or archived twice
+  after a crash — is yielded once.
 * **Firehose** — anything else: every file under the root is the sample project's Firehose
   output, JSON objects ``{"namespace", "path", "headers", "queryStringParameters", "body"}``
   concatenated back to back or one per line, gzip-compressed or not (told apart per file).
@@ -37,14 +41,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any, Protocol, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 import fastavro
 
 from consumers.storage import FileStorage, Storage, StoredFile, open_storage
 from consumers.targets.archive import STAGING, SUFFIX, parse_stem
 from schemas.codec import INTERACTION, Codec
-from schemas.errors import RecordError
+from schemas.errors import P13nError, RecordError
 from schemas.records import request_context
 from streams.base import UserRecord
 
@@ -101,7 +105,11 @@ def open_source(
     storage = open_storage(uri, region=region, endpoint_url=endpoint_url)
     if isinstance(storage, FileStorage) and os.path.isfile(storage.root):
         return FirehoseSource(storage, codec, partition_key)
-    if any(name.startswith("namespace=") for name in storage.folders()):
+    folders = storage.folders()
+    # An archive whose files have not rolled yet holds only its staging folder.
+    if STAGING in folders:
+        folders += storage.folders(STAGING)
+    if any(name.startswith("namespace=") for name in folders):
         return ArchiveSource(storage)
     return FirehoseSource(storage, codec, partition_key)
 
@@ -160,6 +168,24 @@ class _ArchiveFile:
     hour_ms: int
     shard_id: str
     first: tuple[int, int]  # (sequence number, subsequence) of its first record
+    # A staging segment: the final file it is being rolled into (read instead, from ``first``
+    # on, when the segment is gone by the time it is opened: it was rolled meanwhile).
+    rolls_into: str | None = None
+
+
+def _segment(prefix: str, stored: StoredFile, hour_ms: int) -> _ArchiveFile | None:
+    """A staging segment ``_staging/<partition>/<final stem>/<writer>-<stem>.avro``."""
+    name = stored.key[len(STAGING) + 1 + len(prefix) :]
+    final_stem, _, segment = name.partition("/")
+    if not final_stem or "/" in segment or not segment.endswith(SUFFIX):
+        return None
+    _, _, stem = segment[: -len(SUFFIX)].partition("-")  # drop the writer's token
+    try:
+        shard_id, sequence, sub = parse_stem(stem)
+    except ValueError:
+        return None
+    final = f"{prefix}{final_stem}{SUFFIX}"
+    return _ArchiveFile(stored.key, hour_ms, shard_id, (sequence, sub), rolls_into=final)
 
 
 class ArchiveSource:
@@ -173,38 +199,51 @@ class ArchiveSource:
     def files(
         self, namespace: str | None, start_ms: int | None, end_ms: int | None
     ) -> list[_ArchiveFile]:
-        """The files of the partitions that can hold records of the window and namespace."""
+        """The files of the partitions that can hold records of the window and namespace,
+        rolled ones and the staging segments of those not rolled yet."""
         found = []
-        for ns_folder in self.storage.folders():
+        for prefix, hour_ms in self._partitions("", namespace, start_ms, end_ms):
+            for stored in self.storage.files(prefix):
+                name = stored.key[len(prefix) :]
+                if "/" in name or not name.endswith(SUFFIX):
+                    continue
+                try:
+                    shard_id, sequence, sub = parse_stem(name[: -len(SUFFIX)])
+                except ValueError:
+                    continue
+                found.append(_ArchiveFile(stored.key, hour_ms, shard_id, (sequence, sub)))
+        for prefix, hour_ms in self._partitions(f"{STAGING}/", namespace, start_ms, end_ms):
+            partition = prefix[len(STAGING) + 1 :]
+            for stored in self.storage.files(prefix):
+                segment = _segment(partition, stored, hour_ms)
+                if segment is not None:
+                    found.append(segment)
+        return found
+
+    def _partitions(
+        self, base: str, namespace: str | None, start_ms: int | None, end_ms: int | None
+    ) -> Iterator[tuple[str, int]]:
+        """``(folder prefix, hour)`` of the ``namespace=/dt=/hour=`` folders under ``base``
+        that can hold records of the window and namespace."""
+        for ns_folder in self.storage.folders(base):
             if not ns_folder.startswith("namespace=") or (
                 namespace is not None and ns_folder != f"namespace={namespace}"
             ):
                 continue
-            for dt_folder in self.storage.folders(ns_folder):
+            for dt_folder in self.storage.folders(f"{base}{ns_folder}"):
                 try:
                     day_ms = _hour_ms(dt_folder, "hour=0")
                 except ValueError:
                     continue
                 if not _overlaps(day_ms, DAY_MS, start_ms, end_ms):
                     continue
-                for hour_folder in self.storage.folders(f"{ns_folder}/{dt_folder}"):
+                for hour_folder in self.storage.folders(f"{base}{ns_folder}/{dt_folder}"):
                     try:
                         hour_ms = _hour_ms(dt_folder, hour_folder)
                     except ValueError:
                         continue
-                    if not _overlaps(hour_ms, HOUR_MS, start_ms, end_ms):
-                        continue
-                    prefix = f"{ns_folder}/{dt_folder}/{hour_folder}/"
-                    for stored in self.storage.files(prefix):
-                        name = stored.key[len(prefix) :]
-                        if "/" in name or not name.endswith(SUFFIX):
-                            continue
-                        try:
-                            shard_id, sequence, sub = parse_stem(name[: -len(SUFFIX)])
-                        except ValueError:
-                            continue
-                        found.append(_ArchiveFile(stored.key, hour_ms, shard_id, (sequence, sub)))
-        return found
+                    if _overlaps(hour_ms, HOUR_MS, start_ms, end_ms):
+                        yield f"{base}{ns_folder}/{dt_folder}/{hour_folder}/", hour_ms
 
     def items(
         self,
@@ -222,9 +261,11 @@ class ArchiveSource:
 
         def chain(files: list[_ArchiveFile]) -> Callable[[], Iterator[SourceItem]]:
             # One shard's files in stream order: merged by position, opened as reached.
-            return lambda: lazy_merge(
-                ((f.first, self._reader(f, skip.get(f.key, 0))) for f in files),
-                key=_stream_position,
+            return lambda: _once(
+                lazy_merge(
+                    ((f.first, self._reader(f, skip.get(f.key, 0))) for f in files),
+                    key=_stream_position,
+                )
             )
 
         yield from lazy_merge(
@@ -232,15 +273,35 @@ class ArchiveSource:
             key=_received,
         )
 
+    def _open(self, file: _ArchiveFile) -> tuple[str, IO[bytes]]:
+        """The file's key and contents; for a segment rolled since it was listed, its final
+        file's."""
+        if file.rolls_into is None:
+            return file.key, self.storage.open(file.key)
+        try:
+            return file.key, self.storage.open(file.key)
+        except P13nError:
+            if self.storage.exists(file.key) or not self.storage.exists(file.rolls_into):
+                raise
+        return file.rolls_into, self.storage.open(file.rolls_into)
+
     def _reader(self, file: _ArchiveFile, skip: int) -> Callable[[], Iterator[SourceItem]]:
         def read() -> Iterator[SourceItem]:
-            with self.storage.open(file.key) as handle:
+            key, opened = self._open(file)
+            with opened as handle:
                 entries: Iterator[dict[str, Any]] = iter(fastavro.reader(handle))  # type: ignore[arg-type]
-                if skip:
-                    self.skipped += sum(1 for _ in islice(entries, skip))
-                for index, entry in enumerate(entries, start=skip):
+                if key != file.key:  # the final file: only the part the segment held, on
+                    entries = (
+                        e
+                        for e in entries
+                        if (int(e["sequenceNumber"]), e["subSequence"]) >= file.first
+                    )
+                leading = skip if key == file.key else 0
+                if leading:
+                    self.skipped += sum(1 for _ in islice(entries, leading))
+                for index, entry in enumerate(entries, start=leading):
                     yield SourceItem(
-                        file.key,
+                        key,
                         index,
                         UserRecord(
                             entry["shardId"],
@@ -256,6 +317,16 @@ class ArchiveSource:
                     )
 
         return read
+
+
+def _once(items: Iterator[SourceItem]) -> Iterator[SourceItem]:
+    """One shard's items in stream order, each position once (copies are adjacent)."""
+    last: tuple[int, int] | None = None
+    for item in items:
+        position = _stream_position(item)
+        if position != last:
+            yield item
+        last = position
 
 
 def _stream_position(item: SourceItem) -> tuple[int, int]:

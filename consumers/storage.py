@@ -162,7 +162,10 @@ class FileStorage:
                 if name.startswith("."):
                     continue
                 path = os.path.join(folder, name)
-                stat = os.stat(path)
+                try:
+                    stat = os.stat(path)
+                except FileNotFoundError:  # deleted since listed (an archive file rolled)
+                    continue
                 key = os.path.relpath(path, self.root).replace(os.sep, "/")
                 found.append(StoredFile(key, stat.st_size, int(stat.st_mtime * 1000)))
         yield from sorted(found, key=lambda f: f.key)

@@ -77,13 +77,19 @@ class CacheControl:
 @dataclass(frozen=True)
 class ProducerConfig:
     """Group-commit settings: a batch is written when ``max_batch_records`` or
-    ``max_batch_bytes`` is reached or ``linger_ms`` has passed since its first entry."""
+    ``max_batch_bytes`` is reached or ``linger_ms`` has passed since its first entry. On a
+    stream with lanes (Kinesis: one per shard) up to ``max_in_flight`` calls run at once, at
+    most one per lane."""
 
     linger_ms: float = 2.0
     max_batch_records: int = 500
     max_batch_bytes: int = 4 * 1024 * 1024
     queue_size: int = 20_000
     put_timeout_ms: int = 10_000
+    max_in_flight: int = 4
+
+
+KINESIS_LINGER_MS = 5.0  # the default linger_ms on Kinesis
 
 
 @dataclass(frozen=True)
@@ -468,8 +474,12 @@ def _build(doc: Mapping[str, Any], source: str) -> Config:
     root = _inherit(doc, {})
     namespaces = {key: _namespace(key, ns, root) for key, ns in doc["namespaces"].items()}
     stream_doc = doc.get("stream", {})
+    # A PutRecords call costs far more than a SQLite commit, so on Kinesis a batch waits a
+    # little longer for the callers the previous call answered.
+    linger = KINESIS_LINGER_MS if stream_doc.get("type") == "kinesis" else ProducerConfig.linger_ms
     producer = ProducerConfig(
-        **{
+        **{"linger_ms": linger}
+        | {
             attr: stream_doc.get("producer", {})[key]
             for attr, key in (
                 ("linger_ms", "lingerMs"),
@@ -477,6 +487,7 @@ def _build(doc: Mapping[str, Any], source: str) -> Config:
                 ("max_batch_bytes", "maxBatchBytes"),
                 ("queue_size", "queueSize"),
                 ("put_timeout_ms", "putTimeoutMs"),
+                ("max_in_flight", "maxInFlight"),
             )
             if key in stream_doc.get("producer", {})
         }

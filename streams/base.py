@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from schemas.errors import RetryableError
+from schemas.errors import P13nError, RetryableError
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +134,40 @@ class StreamWriter(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class LanedWriter(StreamWriter, Protocol):
+    """A ``StreamWriter`` that can take several calls at once, one per *lane*.
+
+    ``lane(entry)`` names the lane an entry belongs to (Kinesis: the shard its key routes to);
+    every entry of one partition key is in the same lane for as long as ``routing_epoch``
+    stays the same. ``attempt`` may run in several threads at once for entries of *different*
+    lanes, never for one lane twice; one lane's entries are given to it in order. It makes one
+    call and returns one outcome per entry, in order: ``Written`` (durable), the error that
+    entry failed with (``RetryableError`` to send again, any other ``P13nError`` for good), or
+    None (not sent this time: send it again). An entry is never sent before an earlier entry
+    of its lane that failed or was not sent in the same call. A failed call raises; then any of
+    its entries may have been written (at least once).
+
+    When ``routing_epoch`` changes, lanes were redrawn (a reshard): the caller lets every call
+    in flight finish before it sends anything routed by the new lanes, so a key that changed
+    lanes is never in two calls at once.
+    """
+
+    @property
+    def routing_epoch(self) -> int: ...
+
+    def lane(self, entry: Entry) -> str: ...
+
+    def load_lanes(self) -> None:
+        """Draw the lanes now (Kinesis: ListShards), so the first calls can run in parallel;
+        raises ``P13nError`` when the stream cannot be reached (the first call tries again)."""
+        ...
+
+    def attempt(
+        self, entries: Sequence[Entry]
+    ) -> tuple[list[Written | P13nError | None], WriteStats]: ...
 
 
 class ShardCursor(Protocol):

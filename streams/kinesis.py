@@ -8,6 +8,11 @@ its own while later ones succeed, so this is what keeps entries of one key in or
 partial failures and retries. An entry is durable once PutRecords returned a sequence number
 for the Kinesis record carrying it.
 
+Pipelining. The writer is a ``streams.base.LanedWriter``: its lanes for the producer are the
+shards of its map, and ``attempt`` (one call, per-entry outcomes, no retries) may run in several
+threads at once for different shards; the producer keeps one call per shard and owns the
+retries. ``put_batch`` (one caller at a time, retries inside) is the same call in a loop.
+
 Resharding. The writer routes by its copy of ListShards, refreshed every
 ``shard_refresh_seconds`` and as soon as Kinesis puts a record on a shard other than the one
 routed to. Until then an aggregate built for a parent shard lands on one child and may carry
@@ -20,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -34,6 +40,8 @@ from streams.aggregation import DEFAULT_MAX_BYTES, pack_head, single_size, unpac
 from streams.aws import from_code, translate
 from streams.base import Entry, Position, ReadBatch, Shard, UserRecord, WriteStats, Written
 from streams.hashing import ShardMap, hash_key
+
+Outcome = Written | P13nError | None
 
 log = logging.getLogger(__name__)
 
@@ -112,50 +120,106 @@ class KinesisWriter:
         self._map: ShardMap | None = None
         self._map_loaded_at = -math.inf
         self._map_stale = False
+        self._map_lock = threading.Lock()
+        self._epoch = 0  # counts shard maps that routed differently from the one before
+
+    # -- lanes (see streams.base.LanedWriter) -------------------------------------------------
+
+    @property
+    def routing_epoch(self) -> int:
+        return self._epoch
+
+    def load_lanes(self) -> None:
+        self._shard_map()
+
+    def lane(self, entry: Entry) -> str:
+        """The shard ``entry`` is routed to by the current shard map ("" before one is loaded,
+        or for a hash key in a gap of a map that is being resharded)."""
+        shard_map = self._map
+        if shard_map is None:
+            return ""
+        try:
+            return shard_map.shard_for(hash_key(entry.partition_key)).shard_id
+        except ValueError:
+            return ""
+
+    def attempt(self, entries: Sequence[Entry]) -> tuple[list[Outcome], WriteStats]:
+        """One PutRecords call for ``entries``: the head Kinesis record of each lane, oldest lane
+        first, within the call's limits. Returns one outcome per entry: ``Written`` once durable,
+        the ``P13nError`` that entry failed with (invalid, too large, or failed inside the call),
+        or None when it was not part of this call. Entries after a failed or unsent entry of
+        their lane are never sent in the same call, so resending the failed and unsent entries
+        in order keeps each key's order. A failed call raises (``Throttled`` / ``Unavailable``
+        / permanent errors); then any entry of the call may have been written.
+        Safe to call from several threads at once for entries of different lanes."""
+        outcomes: list[Outcome] = [None] * len(entries)
+        valid: list[int] = []
+        for index, entry in enumerate(entries):
+            problem = self._problem(entry)
+            if problem is None:
+                valid.append(index)
+            else:
+                outcomes[index] = problem
+        if not valid:
+            return outcomes, WriteStats()
+        hashes = [hash_key(e.partition_key) for e in entries]
+        slots = self._plan(entries, hashes, valid, self._shard_map())
+        try:
+            response = self._client.put_records(
+                StreamName=self._stream, Records=[slot.record for slot in slots]
+            )
+        except _AWS_ERRORS as exc:
+            raise translate(exc, f"kinesis PutRecords {self._stream}") from exc
+        records = size = 0
+        for slot, result in zip(slots, response["Records"], strict=True):
+            if result.get("ErrorCode"):
+                failure = from_code(
+                    result["ErrorCode"],
+                    result.get("ErrorMessage", ""),
+                    f"kinesis PutRecords {self._stream}",
+                )
+                for index in slot.indices:
+                    outcomes[index] = failure
+                continue
+            if result["ShardId"] != slot.shard_id:
+                self._map_stale = True  # a reshard we have not seen yet
+            where = Written(result["ShardId"], result["SequenceNumber"])
+            for index in slot.indices:
+                outcomes[index] = where
+            records += 1
+            size += slot.size
+        return outcomes, WriteStats(records, size, 1)
 
     def put_batch(self, entries: Sequence[Entry]) -> tuple[list[Written], WriteStats]:
         if not entries:
             return [], WriteStats()
         self._validate(entries)
         deadline = time.monotonic() + self._deadline
-        hashes = [hash_key(e.partition_key) for e in entries]
         written: list[Written | None] = [None] * len(entries)
         pending = list(range(len(entries)))
         records = size = calls = failed_rounds = 0
         while pending:
             error: P13nError | None = None
             try:
-                slots = self._plan(entries, hashes, pending, self._shard_map())
                 calls += 1
-                response = self._client.put_records(
-                    StreamName=self._stream, Records=[slot.record for slot in slots]
-                )
+                outcomes, stats = self.attempt([entries[i] for i in pending])
             except P13nError as exc:
                 error = exc
-            except _AWS_ERRORS as exc:
-                error = translate(exc, f"kinesis PutRecords {self._stream}")
-                error.__cause__ = exc
             else:
-                done: set[int] = set()
-                for slot, result in zip(slots, response["Records"], strict=True):
-                    if result.get("ErrorCode"):
-                        failure = from_code(
-                            result["ErrorCode"],
-                            result.get("ErrorMessage", ""),
-                            f"kinesis PutRecords {self._stream}",
-                        )
-                        if error is None or isinstance(error, RetryableError):
-                            error = failure  # a permanent failure wins over a retryable one
+                records += stats.stream_records
+                size += stats.stream_bytes
+                still: list[int] = []
+                for index, outcome in zip(pending, outcomes, strict=True):
+                    if isinstance(outcome, Written):
+                        written[index] = outcome
                         continue
-                    if result["ShardId"] != slot.shard_id:
-                        self._map_stale = True  # a reshard we have not seen yet
-                    where = Written(result["ShardId"], result["SequenceNumber"])
-                    for index in slot.indices:
-                        written[index] = where
-                    done.update(slot.indices)
-                    records += 1
-                    size += slot.size
-                pending = [i for i in pending if i not in done]
+                    still.append(index)
+                    # a permanent failure wins over a retryable one
+                    if isinstance(outcome, P13nError) and (
+                        error is None or isinstance(error, RetryableError)
+                    ):
+                        error = outcome
+                pending = still
             if error is None:
                 failed_rounds = 0
                 continue
@@ -182,24 +246,42 @@ class KinesisWriter:
 
     def _validate(self, entries: Sequence[Entry]) -> None:
         for entry in entries:
-            if not 1 <= len(entry.partition_key) <= MAX_KEY_CHARS:
-                raise InvalidRequest(
-                    f"partition key must be 1-{MAX_KEY_CHARS} characters", code="PartitionKey"
-                )
-            if self._aggregate:
-                too_big = single_size(entry) > DEFAULT_MAX_BYTES
-            else:
-                too_big = len(entry.data) + len(entry.partition_key.encode()) > MAX_RECORD_BYTES
-            if too_big:
-                raise PayloadTooLarge(
-                    f"a record of {len(entry.data)} bytes exceeds the Kinesis record limit",
-                    code="RecordTooLarge",
-                )
+            problem = self._problem(entry)
+            if problem is not None:
+                raise problem
+
+    def _problem(self, entry: Entry) -> P13nError | None:
+        if not 1 <= len(entry.partition_key) <= MAX_KEY_CHARS:
+            return InvalidRequest(
+                f"partition key must be 1-{MAX_KEY_CHARS} characters", code="PartitionKey"
+            )
+        if self._aggregate:
+            too_big = single_size(entry) > DEFAULT_MAX_BYTES
+        else:
+            too_big = len(entry.data) + len(entry.partition_key.encode()) > MAX_RECORD_BYTES
+        if too_big:
+            return PayloadTooLarge(
+                f"a record of {len(entry.data)} bytes exceeds the Kinesis record limit",
+                code="RecordTooLarge",
+            )
+        return None
 
     def _shard_map(self) -> ShardMap:
         due = time.monotonic() - self._map_loaded_at >= self._refresh
         if self._map is not None and not self._map_stale and not due:
             return self._map
+        # One thread refreshes; the others keep routing by the map they have meanwhile.
+        if not self._map_lock.acquire(blocking=self._map is None):
+            return self._map  # type: ignore[return-value]
+        try:
+            return self._refresh_map()
+        finally:
+            self._map_lock.release()
+
+    def _refresh_map(self) -> ShardMap:
+        due = time.monotonic() - self._map_loaded_at >= self._refresh
+        if self._map is not None and not self._map_stale and not due:
+            return self._map  # another thread refreshed it while this one waited
         try:
             shard_map = ShardMap(list_shards(self._client, self._stream))
         except (RetryableError, ValueError) as exc:
@@ -208,8 +290,10 @@ class KinesisWriter:
             # Kinesis routes by key whatever our map says; an old map only groups worse.
             log.warning("kinesis %s: keeping the old shard map: %s", self._stream, exc)
             return self._map
-        if self._map is not None and shard_map.shards != self._map.shards:
-            log.info("kinesis %s: shard map now has %d shards", self._stream, len(shard_map))
+        if self._map is None or shard_map.shards != self._map.shards:
+            if self._map is not None:
+                log.info("kinesis %s: shard map now has %d shards", self._stream, len(shard_map))
+            self._epoch += 1
         self._map, self._map_loaded_at, self._map_stale = shard_map, time.monotonic(), False
         return shard_map
 

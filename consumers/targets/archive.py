@@ -17,7 +17,8 @@ fsync+rename, or one PutObject. A file's segments accumulate (in memory too, as 
 until it rolls: before it would pass ``rollBytes`` (a batch larger than that is cut up), once it
 has been open ``rollSeconds`` — checked whenever a batch arrives, so an idle stream's last file
 waits for the next batch — and at ``close``. Files are therefore large, yet nothing acknowledged
-lives only in memory. Records become visible to replay when their file rolls.
+lives only in memory. Replay reads the staging segments of files not rolled yet
+(``consumers.replay_sources``), so a record is replayable as soon as it is acknowledged.
 
 Crashes. Segments live in a folder named after their final file, named by their writer (a
 random token per target instance) and first record:

@@ -158,3 +158,61 @@ def test_put_times_out_and_withdraws_the_entry():
     run(main())
     producer.close()
     assert [e.data for b in writer.batches for e in b] == [b"first"]
+
+
+class LanedFake:
+    """A function-backed ``LanedWriter``: lanes from a dict, calls held at a gate."""
+
+    def __init__(self, lanes: dict[str, str]) -> None:
+        self.lanes = lanes
+        self.routing_epoch = 0
+        self.calls: list[list[bytes]] = []
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self._lock = threading.Lock()
+
+    def load_lanes(self) -> None:
+        return None
+
+    def lane(self, entry: Entry) -> str:
+        return self.lanes[entry.partition_key]
+
+    def attempt(self, entries: Sequence[Entry]) -> tuple[list[Written | None], WriteStats]:
+        with self._lock:
+            self.calls.append([e.data for e in entries])
+        self.entered.set()
+        self.gate.wait(10)
+        return [Written(self.lane(e), e.data.decode()) for e in entries], WriteStats(1, 1, 1)
+
+    def put_batch(self, entries: Sequence[Entry]) -> tuple[list[Written], WriteStats]:
+        raise AssertionError("a laned writer is driven through attempt")
+
+    def check(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_key_that_changes_lanes_waits_for_the_call_in_flight():
+    writer = LanedFake({"k": "shard-a", "other": "shard-b"})
+    producer = Producer(writer, ProducerConfig(linger_ms=0, max_in_flight=4))
+    producer.start()
+
+    async def main():
+        first = asyncio.ensure_future(producer.put(Entry("k", b"1")))
+        await asyncio.to_thread(writer.entered.wait, 5)  # "1" is in flight on shard-a
+        # A reshard moves "k" to shard-b: "2" must not be sent while "1" may still be
+        # written, or the two could land out of order.
+        writer.lanes = {"k": "shard-b", "other": "shard-b"}
+        writer.routing_epoch = 1
+        second = asyncio.ensure_future(producer.put(Entry("k", b"2")))
+        done, _ = await asyncio.wait([second], timeout=0.3)
+        assert not done and writer.calls == [[b"1"]]
+        writer.gate.set()
+        return await asyncio.gather(first, second)
+
+    written = run(main())
+    producer.close()
+    assert [w.sequence_number for w in written] == ["1", "2"]
+    assert writer.calls == [[b"1"], [b"2"]]
