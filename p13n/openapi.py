@@ -51,6 +51,10 @@ _ERRORS = {
         "`NamespaceEventTargetsNotFound`), or no such route (`Validation`, `NotFound`).",
     ),
     405: ("MethodNotAllowed", "The route does not take this method (`MethodNotAllowed`)."),
+    414: (
+        "URITooLong",
+        "The URL is longer than the 65,535 bytes the HTTP parser takes (`URITooLong`).",
+    ),
     413: ("PayloadTooLarge", "The body is larger than `limits.maxBodyBytes` (`PayloadTooLarge`)."),
     415: (
         "UnsupportedMediaType",
@@ -90,8 +94,8 @@ ERROR_TYPES = [
     "Unhandled",
 ]
 _RETRY_AFTER = (429, 503)
-_EVENT_ERRORS = (400, 404, 405, 413, 415, 503)
-_QUERY_ERRORS = (400, 404, 405, 429, 502, 503, 504)
+_EVENT_ERRORS = (400, 404, 405, 413, 414, 415, 503)
+_QUERY_ERRORS = (400, 404, 405, 414, 429, 502, 503, 504)
 _AUTH_ERRORS = (401, 403)
 
 
