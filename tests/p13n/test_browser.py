@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.chromium import dump_dom, needs_chromium
+from tests.fixtures.chromium import dump_dom
 from tests.fixtures.service import Service, wait_until
 
 PAGE = """<!DOCTYPE html>
@@ -104,7 +104,6 @@ def access_lines(service: Service) -> list[str]:
     return [str(line.get("message", "")) for line in service.logs()]
 
 
-@needs_chromium
 def test_a_page_on_another_origin_sends_events_and_reads_recommendations(
     service_factory: Callable[..., Service],
     page_for: Callable[[str], PageServer],

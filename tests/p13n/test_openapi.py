@@ -4,14 +4,11 @@ the same from ``p13n openapi`` as from ``GET /openapi.json``; the running servic
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import html
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import pytest
 from openapi_spec_validator import validate
 
 from ingest.body import EventsBody
 from p13n.docs import ASSETS
 from p13n.openapi import build_spec
 from schemas.config import default_document, load_config
+from tests.fixtures.chromium import dump_dom
 from tests.fixtures.service import Service, wait_until
 
 API_KEY = "docs-test-key"
@@ -289,60 +286,10 @@ def test_the_service_conforms_to_its_spec(
         text=True,
         timeout=120,
     )
-    Path("/tmp/st_out.txt").write_text(done.stdout)
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
     assert "No issues found" in done.stdout
     # The figures (shown with -s): how many requests, in how long.
     print(*(line for line in done.stdout.splitlines() if "generated" in line or "issues" in line))
-
-
-def dump_dom(url: str, profile: Path) -> str:
-    """The page's DOM after its scripts ran, from headless Chromium; no process outlives it."""
-    args = [
-        chromium(),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        url,
-    ]
-    process = subprocess.Popen(
-        args,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,  # its helper processes share the group, and go with it
-    )
-    try:
-        out, _ = process.communicate(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # all exited already
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    assert process.returncode == 0, f"chromium exited with {process.returncode}"
-    return out
-
-
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-
-
-def chromium() -> str:
-    """The headless browser: ``$P13N_CHROMIUM``, else the first of ``BROWSERS`` on the PATH.
-    Missing, the test fails and says why: skipping would hide that /docs went unchecked."""
-    named = os.environ.get("P13N_CHROMIUM")
-    found = named or next((path for b in BROWSERS if (path := shutil.which(b))), None)
-    if not found:
-        pytest.fail(
-            "no Chromium to render /docs with: install Debian's `chromium` (.ci/run does, "
-            "with apt-get) or point P13N_CHROMIUM at a Chrome/Chromium binary"
-        )
-    return found
 
 
 def test_docs_page_shows_every_operation(
