@@ -126,7 +126,7 @@ def run_recommender(port: int) -> None:
 
 
 def sample_app(stream: str, endpoint_url: str, region: str) -> Starlette:
-    from streams.aws import client
+    from aws.clients import client
 
     kinesis = client("kinesis", region=region, endpoint_url=endpoint_url, max_attempts=3)
 

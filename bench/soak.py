@@ -243,14 +243,14 @@ def make_config(
 
 
 def create_checkpoint_table(moto: str) -> None:
-    from streams.aws import client
+    from aws.clients import client
     from streams.dynamodb_checkpoints import create_table
 
     create_table(client("dynamodb", endpoint_url=moto, region="us-east-1"), TABLE)
 
 
 def leases_held(moto: str) -> int:
-    from streams.aws import client
+    from aws.clients import client
 
     items = client("dynamodb", endpoint_url=moto, region="us-east-1").scan(TableName=TABLE)
     return sum(1 for item in items["Items"] if "owner" in item)

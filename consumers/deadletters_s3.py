@@ -23,10 +23,10 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from aws.clients import client as aws_client
+from aws.errors import translate
 from consumers.deadletters import DeadLetter
 from schemas.errors import ConfigError
-from streams.aws import client as aws_client
-from streams.aws import translate
 
 _AWS_ERRORS = (ClientError, BotoCoreError)
 REDRIVEN_FOLDER = "redriven"

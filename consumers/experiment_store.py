@@ -279,7 +279,7 @@ class DynamoExperimentStore:
         self._client: Any = None
 
     def open(self) -> None:
-        from streams.aws import client
+        from aws.clients import client
 
         self._client = client("dynamodb", region=self.region, endpoint_url=self.endpoint_url)
 
@@ -296,7 +296,7 @@ class DynamoExperimentStore:
         """One transaction; events whose marker exists are dropped and the rest sent again."""
         from botocore.exceptions import ClientError
 
-        from streams.aws import translate
+        from aws.errors import translate
 
         while events:
             try:
@@ -376,7 +376,7 @@ class DynamoExperimentStore:
         return items
 
     def read(self, namespace: str | None = None) -> Counters:
-        from streams.aws import translate
+        from aws.errors import translate
 
         if self._client is None:
             self.open()

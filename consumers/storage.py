@@ -6,7 +6,7 @@ the same folder, are fsynced and renamed into place (then the folder is fsynced)
 PutObject carries the whole object. Readers therefore never see a partial file.
 
 Failures are raised as ``schemas.errors`` types: ``OSError`` becomes ``Unavailable``, boto
-errors are translated by ``streams.aws.translate``.
+errors are translated by ``aws.errors.translate``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def open_storage(
 ) -> Storage:
     scheme, bucket, path = parse_location(uri)
     if scheme == "s3":
-        from streams.aws import client
+        from aws.clients import client
 
         return S3Storage(
             client("s3", region=region, endpoint_url=endpoint_url, read_timeout=30.0),
@@ -184,7 +184,7 @@ class S3Storage:
     def _call(self, what: str, method: str, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from streams.aws import translate
+        from aws.errors import translate
 
         try:
             return getattr(self._s3, method)(**kwargs)
@@ -203,7 +203,7 @@ class S3Storage:
     def open(self, key: str) -> IO[bytes]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from streams.aws import translate
+        from aws.errors import translate
 
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 (returned)
         try:
@@ -223,7 +223,7 @@ class S3Storage:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 404:
                 return False
-            from streams.aws import translate
+            from aws.errors import translate
 
             raise translate(exc, f"s3 HeadObject s3://{self.bucket}/{self._key(key)}") from exc
         return True

@@ -1,6 +1,6 @@
 """``p13n config push``: a validated config file becomes an AppConfig deployment.
 
-The steps, each one call to the AppConfig control plane (``streams.aws.client("appconfig")``):
+The steps, each one call to the AppConfig control plane (``aws.clients.client("appconfig")``):
 
 1. Validate the file exactly as the service loads a config (``parse_config_text``): an invalid
    file raises ``ConfigError`` (exit 2 with every reason) before any call is made.
@@ -14,7 +14,7 @@ The steps, each one call to the AppConfig control plane (``streams.aws.client("a
 5. With ``--wait``: GetDeployment every ``--poll-seconds`` until COMPLETE (exit 0) or
    ROLLED_BACK / REVERTED (exit 1), with a progress bar of its PercentageComplete.
 
-botocore errors are translated with ``streams.aws.translate`` (e.g. ResourceNotFoundException
+botocore errors are translated with ``aws.errors.translate`` (e.g. ResourceNotFoundException
 → ``NotFound``), so the CLI prints one line and exits 1.
 """
 
@@ -27,10 +27,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from aws.clients import client
+from aws.errors import translate
 from schemas.config import parse_config_text
 from schemas.errors import InvalidRequest, NotFound
 from schemas.sources import FileSource
-from streams.aws import client, translate
 
 DEFAULT_STRATEGY = "AppConfig.AllAtOnce"
 PREDEFINED_PREFIX = "AppConfig."  # the ids of AWS's predefined deployment strategies

@@ -93,7 +93,8 @@ class PostProcessor:
         return Recommendations(tuple(items), rid if isinstance(rid, str) else None, extra)
 
     def _invoke(self, payload: Mapping[str, Any]) -> Any:
-        from streams.aws import client, translate
+        from aws.clients import client
+        from aws.errors import translate
 
         try:
             if self._client is None:

@@ -22,9 +22,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from aws.clients import client as aws_client
+from aws.errors import translate
 from schemas.errors import ConfigError
-from streams.aws import client as aws_client
-from streams.aws import translate
 from streams.base import LeaseLost, Position
 
 _CONDITION_FAILED = "ConditionalCheckFailedException"

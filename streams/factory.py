@@ -30,7 +30,7 @@ def _embedded_reader(config: Config) -> StreamReader:
 
 
 def _kinesis_client(config: Config):  # type: ignore[no-untyped-def]
-    from streams.aws import client
+    from aws.clients import client
 
     # The producer's writer retries failed entries itself; one botocore attempt avoids
     # multiplying the two layers of retries.

@@ -35,9 +35,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from aws.errors import from_code, translate
 from schemas.errors import InvalidRequest, P13nError, PayloadTooLarge, RetryableError, Unavailable
 from streams.aggregation import DEFAULT_MAX_BYTES, pack_head, single_size, unpack
-from streams.aws import from_code, translate
 from streams.base import Entry, Position, ReadBatch, Shard, UserRecord, WriteStats, Written
 from streams.hashing import ShardMap, hash_key
 

@@ -50,7 +50,7 @@ USES_AWS = frozenset(
 def aws_client(service: str, config: TargetConfig, **options: Any) -> Any:
     """A boto3 client for a target, built in its ``open``. One attempt per call: the runner owns
     retries, and botocore retrying underneath would multiply the two layers."""
-    from streams.aws import client
+    from aws.clients import client
 
     return client(
         service, region=config.region, endpoint_url=config.endpoint_url, max_attempts=1, **options

@@ -53,7 +53,7 @@ class ExperimentsTarget:
             raise
         except Exception as exc:
             # A store that cannot count now (missing table, access) is no fault of the record.
-            from streams.aws import translate
+            from aws.errors import translate
 
             error = translate(exc, "experiment store")
             raise Unavailable(error.message, code=error.code) from exc

@@ -17,6 +17,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from aws.errors import from_code, translate
 from consumers.base import Delivery, Failures
 from consumers.targets import TargetContext, aws_client
 from consumers.targets.jsonshape import encode, sample_json
@@ -24,7 +25,6 @@ from consumers.targets.outcomes import Outcomes
 from schemas.codec import INTERACTION
 from schemas.config import TargetConfig
 from schemas.errors import PayloadTooLarge, Unavailable
-from streams.aws import from_code, translate
 
 MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 4 * 1024 * 1024

@@ -20,6 +20,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from aws.errors import from_code, translate
 from consumers.base import Delivery, Failures
 from consumers.targets import TargetContext, aws_client
 from consumers.targets.jsonshape import encode, sample_json
@@ -28,7 +29,6 @@ from schemas.codec import INTERACTION
 from schemas.config import TargetConfig
 from schemas.errors import ConfigError, PayloadTooLarge, Unavailable
 from streams.aggregation import MAX_KINESIS_RECORD_BYTES
-from streams.aws import from_code, translate
 
 MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024  # data and partition keys

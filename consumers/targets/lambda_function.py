@@ -18,6 +18,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from aws.errors import translate
 from consumers.base import Delivery, Failures
 from consumers.targets import TargetContext, aws_client
 from consumers.targets.jsonshape import encode, sample_json
@@ -25,7 +26,6 @@ from consumers.targets.outcomes import Outcomes
 from schemas.codec import INTERACTION
 from schemas.config import TargetConfig
 from schemas.errors import P13nError, PayloadTooLarge, Unavailable, UpstreamError
-from streams.aws import translate
 
 MAX_PAYLOAD_BYTES = 6_000_000  # under Lambda's 6 MB, with room for the envelope
 _ENVELOPE = len(b'{"records":[]}')

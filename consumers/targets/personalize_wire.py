@@ -20,7 +20,7 @@ members as JSON, ``sentAt`` as a JSON number of epoch seconds (``epoch_seconds``
 
 Errors: an error answer's code is read as botocore's rest-json parser reads it (the
 ``x-amzn-ErrorType`` header, else the body's ``code`` or ``__type``, namespace and suffix
-stripped, else the HTTP status) and becomes the p13n error ``streams.aws.from_code`` gives it,
+stripped, else the HTTP status) and becomes the p13n error ``aws.errors.from_code`` gives it,
 exactly as a ``ClientError`` did; a failure to connect, send or read is ``Unavailable``.
 """
 
@@ -38,10 +38,10 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from aws.errors import from_code
 from consumers.targets import aws_client
 from schemas.config import TargetConfig
 from schemas.errors import OperatorError, P13nError, Unavailable
-from streams.aws import from_code
 
 OPERATION_PATH = "/events"
 _ENCODE = msgspec.json.Encoder().encode
@@ -57,7 +57,7 @@ def epoch_seconds(millis: int) -> int | float:
 def error_for(status: int, error_type: str | None, body: bytes, what: str) -> P13nError:
     """The p13n error for an error answer (its status, ``x-amzn-ErrorType`` header and body),
     its code found the way botocore's rest-json parser finds it, so the classification is the
-    one ``streams.aws.translate`` gave the ``ClientError``."""
+    one ``aws.errors.translate`` gave the ``ClientError``."""
     if status >= 500 and (not body.strip() or body.lstrip().startswith(b"<html>")):
         # A proxy's or load balancer's page, not the service's answer: botocore names it by
         # its status alone.

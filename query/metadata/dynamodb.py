@@ -15,7 +15,7 @@ A lookup asks BatchGetItem for at most ``BATCH`` (100) keys per call, all chunks
 worker threads. Keys DynamoDB answers as ``UnprocessedKeys`` (throttling, the 16 MB response
 limit) are asked again with exponential backoff and full jitter, up to ``MAX_ROUNDS`` calls per
 chunk; keys still unprocessed then raise ``Throttled`` — a partial answer would silently leave
-items undecorated. Other failures are translated by ``streams.aws.translate`` (a missing table
+items undecorated. Other failures are translated by ``aws.errors.translate`` (a missing table
 is ``NotFound``). The client is built on first use with ``region``/``endpointUrl`` from the
 settings (else the standard AWS resolution) and botocore's adaptive retry mode.
 """
@@ -130,7 +130,7 @@ class DynamoDbMetadata:
     def _dynamodb(self) -> Any:
         with self._lock:
             if self._client is None:
-                from streams.aws import client
+                from aws.clients import client
 
                 self._client = client(
                     "dynamodb",
@@ -147,7 +147,7 @@ class DynamoDbMetadata:
         from boto3.dynamodb.types import TypeDeserializer
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from streams.aws import translate
+        from aws.errors import translate
 
         dynamodb = self._dynamodb()
         deserializer = TypeDeserializer()
@@ -194,7 +194,7 @@ def write_items(
     with the same id replaces an earlier one."""
     from boto3.dynamodb.types import TypeSerializer
 
-    from streams.aws import client
+    from aws.clients import client
 
     table = table_for(settings, namespace)
     layout = layout_of(settings)
@@ -242,7 +242,7 @@ def _batch_write(
 ) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from streams.aws import translate
+    from aws.errors import translate
 
     request: dict[str, Any] = {table: requests}
     for round_ in range(MAX_ROUNDS):

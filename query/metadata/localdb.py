@@ -314,7 +314,7 @@ class _S3Source(_Source):
 
     def _client(self) -> Any:
         if self._s3 is None:
-            from streams.aws import client
+            from aws.clients import client
 
             self._s3 = client("s3", read_timeout=60.0)
         return self._s3
@@ -322,7 +322,7 @@ class _S3Source(_Source):
     def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from streams.aws import translate
+        from aws.errors import translate
 
         try:
             return getattr(self._client(), method)(*args, **kwargs)

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
 
+from aws.clients import client
+from aws.errors import translate
 from query.base import MAX_RESULTS, Query, Recommendations
 from schemas.config import Variation, thawed
 from schemas.errors import (
@@ -54,7 +56,6 @@ from schemas.errors import (
     UpstreamTimeout,
     retry_after_seconds,
 )
-from streams.aws import client, translate
 
 if TYPE_CHECKING:
     from query.resolvers import ResolverContext

@@ -13,11 +13,11 @@ import fastavro
 import pytest
 
 import consumers.storage
+from aws.clients import client
 from consumers.targets import TargetContext
 from consumers.targets.archive import STAGING, ArchiveTarget
 from schemas.config import TargetConfig
 from schemas.errors import RetryableError, Unavailable
-from streams.aws import client
 from tests.consumers.archive_records import (
     BASE_MS,
     CODEC,

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from aws.clients import client
 from consumers.deadletters import DeadLetter, dead_letter_store
 from consumers.deadletters_s3 import S3DeadLetterStore
 from consumers.redrive import redrive
 from consumers.runner import GroupConsumer, RetryPolicy
 from schemas.errors import InvalidRequest, NotFound, P13nError
-from streams.aws import client
 from streams.base import Entry
 from streams.checkpoints import SqliteCheckpointStore
 from streams.embedded import EmbeddedReader, EmbeddedWriter

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from aws.clients import client
 from consumers.base import Delivery
 from consumers.experiment_report import (
     build_report,
@@ -37,7 +38,6 @@ from schemas.config import Config, load_config
 from schemas.errors import ConfigError, PermanentError, Unavailable
 from schemas.experiments import assign
 from schemas.records import new_record_id
-from streams.aws import client
 from streams.base import Entry, UserRecord
 from streams.embedded import EmbeddedWriter
 from tests.fixtures.service import Service, wait_until

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
+from aws.clients import client
 from consumers.base import Deferred
 from consumers.targets import build_target
 from consumers.targets.firehose import FirehoseTarget
 from consumers.targets.jsonshape import sample_json
 from schemas.errors import NotFound, PayloadTooLarge, RetryableError, Unavailable
-from streams.aws import client
 from tests.consumers.json_target_records import (
     CONTEXT,
     deliveries,

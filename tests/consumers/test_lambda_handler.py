@@ -23,12 +23,12 @@ import pytest
 
 import consumers.lambda_handler as lambda_handler
 import consumers.targets
+from aws.clients import client
 from consumers.base import Deferred, Delivery, Failures
 from consumers.deadletters_s3 import S3DeadLetterStore
 from consumers.targets.interactions import InteractionsTarget, store_path
 from schemas.errors import ConfigError, InvalidRequest, P13nError, Throttled
 from schemas.sources import load_from
-from streams.aws import client
 from streams.base import Entry
 from streams.kinesis import KinesisWriter
 from tests.consumers.test_runner import CODEC, interaction

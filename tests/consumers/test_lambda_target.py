@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from aws.clients import client
 from consumers.base import Deferred
 from consumers.targets import build_target
 from consumers.targets.jsonshape import sample_json
@@ -30,7 +31,6 @@ from schemas.errors import (
     Unavailable,
     UpstreamError,
 )
-from streams.aws import client
 from tests.consumers.json_target_records import (
     CONTEXT,
     deliveries,

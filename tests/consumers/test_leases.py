@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import pytest
 
 import consumers.targets
+from aws.clients import client
 from consumers.base import Delivery, Failures
 from consumers.deadletters import FileDeadLetterStore
 from consumers.leases import ShardLeases
@@ -29,7 +30,6 @@ from consumers.supervisor import ConsumerSet, build_checkpoints
 from schemas.codec import INTERACTION, Codec
 from schemas.config import load_config
 from schemas.errors import Unavailable
-from streams.aws import client
 from streams.base import Entry, Shard
 from streams.checkpoints import SqliteCheckpointStore
 from streams.dynamodb_checkpoints import DynamoCheckpointStore, create_table

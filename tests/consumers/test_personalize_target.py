@@ -28,6 +28,8 @@ from botocore.exceptions import ClientError
 from botocore.parsers import create_parser
 from botocore.serialize import Serializer
 
+from aws.clients import client
+from aws.errors import translate
 from consumers.base import Deferred, Delivery
 from consumers.targets import TargetContext, build_target
 from consumers.targets.personalize import PersonalizeTarget
@@ -46,7 +48,6 @@ from schemas.errors import (
     UpstreamError,
 )
 from schemas.records import new_record_id
-from streams.aws import client, translate
 from streams.base import UserRecord
 from tests.fixtures.fake_personalize import SERVER_ERROR, THROTTLE, FakePersonalize
 from tests.fixtures.servers import free_port

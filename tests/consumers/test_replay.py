@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from aws.clients import client
 from consumers.base import Delivery, Failures, Target
 from consumers.deadletters import FileDeadLetterStore
 from consumers.replay import ReplaySummary, add_replay_command, find_target, replay
@@ -28,7 +29,6 @@ from consumers.targets.archive import ArchiveTarget
 from consumers.targets.interactions import store_path
 from schemas.config import Config, TargetConfig
 from schemas.errors import ConfigError
-from streams.aws import client
 from tests.consumers.archive_records import (
     BASE_MS,
     CODEC,

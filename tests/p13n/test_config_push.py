@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from aws.clients import client
 from p13n.cli import main
-from streams.aws import client
 from tests.fixtures.fake_appconfig import FakeAppConfig
 
 VALID = {

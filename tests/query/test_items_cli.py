@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from aws.clients import client
 from query.metadata import MetadataContext
 from query.metadata.dynamodb import DynamoDbMetadata
 from query.metadata.localdb import default_path, read_items
 from schemas.config import default_document, load_config
-from streams.aws import client
 from tests.fixtures.service import P13N
 
 

@@ -18,11 +18,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from aws.clients import client
 from query.metadata import MetadataContext, build_metadata
 from query.metadata.dynamodb import BATCH, MAX_ROUNDS, DynamoDbMetadata, plain, write_items
 from schemas.config import default_document, load_config
 from schemas.errors import NotFound, Throttled, Unavailable
-from streams.aws import client
 from tests.fixtures.servers import free_port
 
 TARGET = "DynamoDB_20120810."

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from aws.clients import client
 from query.metadata import MetadataContext, build_metadata, localdb
 from query.metadata.localdb import LocalDbMetadata, load_items, read_items
 from schemas.config import default_document, load_config
 from schemas.errors import Unavailable
-from streams.aws import client
 from tests.fixtures.servers import wait_until
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from aws.clients import client
 from schemas.config import load_config, validate_document
 from schemas.errors import NotFound
-from streams.aws import client
 from streams.base import SHARD_END, LeaseLost, LeaseStore, Position
 from streams.dynamodb_checkpoints import DynamoCheckpointStore, create_table
 from tests.fixtures.serial_proxy import SerialProxy

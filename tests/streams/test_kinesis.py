@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from aws.clients import client
 from schemas.errors import InvalidRequest, NotFound, PayloadTooLarge, Throttled, Unavailable
 from streams.aggregation import MAGIC, pack, unpack
-from streams.aws import client
 from streams.base import Entry, Position, Shard, UserRecord, Written
 from streams.hashing import hash_key
 from streams.kinesis import KinesisReader, KinesisWriter

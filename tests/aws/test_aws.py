@@ -16,6 +16,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from aws.clients import client
+from aws.errors import ERROR_CODES, translate
 from schemas.errors import (
     Forbidden,
     InvalidRequest,
@@ -26,7 +28,6 @@ from schemas.errors import (
     Unavailable,
     UpstreamError,
 )
-from streams.aws import ERROR_CODES, client, translate
 from tests.fixtures.servers import free_port
 
 # What each code must become. Written out here, not derived from the module, so that a changed

@@ -1,8 +1,7 @@
-"""boto3 clients built one way, and botocore errors translated into ``schemas.errors``.
+"""botocore errors translated into the p13n error tree (``schemas.errors``).
 
-Every room that calls AWS builds its client with ``client()`` (explicit timeouts and retry
-budget, so botocore's retries and ours don't multiply) and turns what boto raises into the
-p13n error tree with ``raise translate(exc, "what we were doing") from exc``.
+Where boto is called, what it raises becomes a p13n error with
+``raise translate(exc, "what we were doing") from exc``.
 
 How an error is classified, first match wins:
 
@@ -17,11 +16,6 @@ at all (botocore's ``NoCredentialsError``) is an ``OperatorError``, like a refus
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
-import boto3
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -43,8 +37,6 @@ from schemas.errors import (
     Unavailable,
     UpstreamError,
 )
-
-DEFAULT_REGION = "us-east-1"
 
 ERROR_CODES: dict[str, type[P13nError]] = {
     # throttling: the call was fine, the rate was not
@@ -99,37 +91,6 @@ ERROR_CODES: dict[str, type[P13nError]] = {
 
 # Short codes for the errors callers branch on (e.g. a reader renewing its iterator).
 _CODE_ALIASES = {"ExpiredIteratorException": "ExpiredIterator"}
-
-
-def client(
-    service: str,
-    *,
-    region: str | None = None,
-    endpoint_url: str | None = None,
-    max_attempts: int = 2,
-    connect_timeout: float = 2.0,
-    read_timeout: float = 5.0,
-    retry_mode: str = "standard",
-) -> Any:
-    """A boto3 client with explicit timeouts and retries.
-
-    ``max_attempts`` counts every attempt including the first (botocore's
-    ``total_max_attempts``). The endpoint, when not given, is resolved the standard way
-    (``AWS_ENDPOINT_URL_<SERVICE>``, ``AWS_ENDPOINT_URL``, the config file); the region
-    falls back from the argument to the environment/config to ``us-east-1``.
-    """
-    session = boto3.session.Session()
-    config = Config(
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        retries={"total_max_attempts": max_attempts, "mode": retry_mode},
-    )
-    return session.client(
-        service,
-        region_name=region or session.region_name or os.environ.get("AWS_REGION") or DEFAULT_REGION,
-        endpoint_url=endpoint_url,
-        config=config,
-    )
 
 
 def error_class(code: str, status: int | None = None) -> type[P13nError]:
