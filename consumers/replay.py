@@ -1,4 +1,4 @@
-"""``p13n replay``: send archived events through one event target again.
+"""Replay: send archived events through one event target again (``p13n replay``).
 
 The source is our archive or the sample project's Firehose output (``consumers.replay_sources``).
 Only the named target receives the replay — found by ``name`` across the config's namespaces, or
@@ -31,24 +31,21 @@ reads and filters and counts, and delivers, dead-letters and saves nothing.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import FrameType
 from typing import Any
 
 from consumers.base import Target
 from consumers.deadletters import DeadLetter, dead_letter_store
 from consumers.ratelimit import TokenBucket
-from consumers.replay_sources import SourceItem, open_source
+from consumers.replay_sources import Source, SourceItem, open_source
 from consumers.runner import GroupConsumer, Interrupted, RetryPolicy
 from consumers.storage import FileStorage
 from consumers.targets import TargetContext, build_target
@@ -57,9 +54,8 @@ from schemas.config import Config, TargetConfig
 from schemas.errors import ConfigError, RecordError
 from streams.base import Position, Shard, ShardCursor
 
-EXIT_INTERRUPTED = 130
 DEFAULT_BATCH = 500
-PROGRESS_EVERY = 2048  # items read between progress-bar refreshes
+PROGRESS_EVERY = 2048  # items read between progress reports
 
 
 @dataclass
@@ -74,20 +70,6 @@ class ReplaySummary:
     dry_run: bool = False
     interrupted: bool = False
     seconds: float = 0.0
-
-    def describe(self) -> str:
-        text = (
-            f"replay {self.source} -> {self.target}: read {self.read}, matched {self.matched}, "
-            f"delivered {self.delivered}, dead-lettered {self.dead_lettered}"
-        )
-        if self.skipped:
-            text += f", skipped {self.skipped} already replayed"
-        text += f" in {self.seconds:.1f}s"
-        if self.dry_run:
-            text += " (dry run: nothing delivered)"
-        if self.interrupted:
-            text += " (interrupted: run again with --resume to continue)"
-        return text
 
 
 @dataclass(frozen=True)
@@ -231,11 +213,13 @@ def replay(
     rate: float | None = None,
     dry_run: bool = False,
     resume: bool = False,
-    progress: bool = False,
+    on_progress: Callable[[ReplaySummary], None] | None = None,
     stop: threading.Event | None = None,
     build: Callable[[TargetConfig, TargetContext], Target] = build_target,
 ) -> ReplaySummary:
-    """Replay ``source_uri`` into one target; see the module docstring."""
+    """Replay ``source_uri`` into one target; see the module docstring. ``on_progress`` is
+    shown the summary so far: once before the first read, every ``PROGRESS_EVERY`` items read,
+    after each settled chunk and at the end."""
     began = time.monotonic()
     stop = stop or threading.Event()
     target_config = find_target(config, target_name, namespace)
@@ -248,85 +232,103 @@ def replay(
     identity = {"source": source.uri, "target": target_config.group, **filters.identity()}
     path = state_path(config, identity)
     state = ReplayState.load(path, identity) if resume else ReplayState(path, identity)
-    consumer = _consumer(config, target_config, target, codec, group, stop)
     size = target_config.batch_size or config.consumer.get("batchSize", DEFAULT_BATCH)
     bucket = None
     if rate is not None:
         bucket = TokenBucket(rate, burst=max(1.0, rate / 10))
         size = max(1, min(size, int(bucket.burst)))
-    summary = ReplaySummary(source.uri, group, dry_run=dry_run)
-
-    from tqdm import tqdm
-
-    bar = tqdm(desc="replay", unit=" records", disable=None if progress else True, leave=True)
-    counted = 0
-
-    def show() -> None:
-        nonlocal counted
-        bar.update(summary.read - counted)
-        counted = summary.read
-        bar.set_postfix(
-            matched=summary.matched,
-            delivered=summary.delivered,
-            dead=summary.dead_lettered,
-            refresh=False,
-        )
-
-    def settle(chunk: list[SourceItem]) -> None:
-        if bucket is not None:
-            bucket.acquire(len(chunk))
-        usable = [item.record for item in chunk if item.problem is None]
-        delivered, dead = consumer.settle(usable, replay=True) if usable else (0, 0)
-        unreadable = [_letter(group, item) for item in chunk if item.problem is not None]
-        if unreadable:
-            consumer.dead_letters.put(unreadable)
-        summary.delivered += delivered
-        summary.dead_lettered += dead + len(unreadable)
-        state.settled(chunk)
-        state.save()
-        show()
-
+    run = _Run(
+        source,
+        filters,
+        codec,
+        _consumer(config, target_config, target, codec, group, stop),
+        state,
+        ReplaySummary(source.uri, group, dry_run=dry_run),
+        size,
+        bucket,
+        stop,
+        on_progress or (lambda _: None),
+    )
+    run.show()
     if not dry_run:
         target.open()
     try:
-        chunk: list[SourceItem] = []
-        items = source.items(
-            namespace=filters.namespace,
-            start_ms=filters.start_ms,
-            end_ms=filters.end_ms,
-            skip=state.done,
-        )
-        for item in items:
-            if stop.is_set():
-                summary.interrupted = True
-                break
-            summary.read += 1
-            if summary.read % PROGRESS_EVERY == 0:
-                show()
-            if not filters.matches(item, codec):
-                continue
-            summary.matched += 1
-            if dry_run:
-                continue
-            chunk.append(item)
-            if len(chunk) >= size:
-                settle(chunk)
-                chunk = []
-        else:
-            if chunk:
-                settle(chunk)
-            state.finished = not dry_run
+        run.read()
     except Interrupted:
-        summary.interrupted = True
+        run.summary.interrupted = True
     finally:
         if not dry_run:
             target.close()
             state.save()
-        summary.skipped = source.skipped
-        summary.seconds = time.monotonic() - began
-        show()
-        bar.close()
-    return summary
+        run.summary.skipped = source.skipped
+        run.summary.seconds = time.monotonic() - began
+        run.show()
+    return run.summary
+
+
+@dataclass
+class _Run:
+    """One replay's reading, filtering and settling, chunk by chunk."""
+
+    source: Source
+    filters: Filters
+    codec: Codec
+    consumer: GroupConsumer
+    state: ReplayState
+    summary: ReplaySummary
+    size: int
+    bucket: TokenBucket | None
+    stop: threading.Event
+    show_progress: Callable[[ReplaySummary], None]
+
+    def show(self) -> None:
+        self.show_progress(self.summary)
+
+    def read(self) -> None:
+        """Every matching item, settled in chunks of ``size``; a dry run only counts them. Sets
+        ``state.finished`` when the source was read to its end (and this is no dry run)."""
+        summary, filters = self.summary, self.filters
+        chunk: list[SourceItem] = []
+        items = self.source.items(
+            namespace=filters.namespace,
+            start_ms=filters.start_ms,
+            end_ms=filters.end_ms,
+            skip=self.state.done,
+        )
+        for item in items:
+            if self.stop.is_set():
+                summary.interrupted = True
+                return
+            summary.read += 1
+            if summary.read % PROGRESS_EVERY == 0:
+                self.show()
+            if not filters.matches(item, self.codec):
+                continue
+            summary.matched += 1
+            if summary.dry_run:
+                continue
+            chunk.append(item)
+            if len(chunk) >= self.size:
+                self.settle(chunk)
+                chunk = []
+        if chunk:
+            self.settle(chunk)
+        self.state.finished = not summary.dry_run
+
+    def settle(self, chunk: list[SourceItem]) -> None:
+        if self.bucket is not None:
+            self.bucket.acquire(len(chunk))
+        usable = [item.record for item in chunk if item.problem is None]
+        delivered, dead = self.consumer.settle(usable, replay=True) if usable else (0, 0)
+        group = self.consumer.group
+        unreadable = [_letter(group, item) for item in chunk if item.problem is not None]
+        if unreadable:
+            self.consumer.dead_letters.put(unreadable)
+        self.summary.delivered += delivered
+        self.summary.dead_lettered += dead + len(unreadable)
+        self.state.settled(chunk)
+        self.state.save()
+        self.show()
 
 
 def _consumer(
@@ -378,104 +380,3 @@ def _letter(group: str, item: SourceItem) -> DeadLetter:
         partition_key=record.partition_key,
         data=record.data,
     )
-
-
-# -- the command line -------------------------------------------------------------------------
-
-
-def parse_time(text: str) -> datetime:
-    """An ISO 8601 date or time; UTC unless it carries an offset."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def add_replay_command(
-    commands: Any,
-    with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
-    load_config: Callable[[argparse.Namespace], Config],
-) -> argparse.ArgumentParser:
-    """Add ``replay`` to the ``p13n`` sub-commands. ``with_config`` adds the shared
-    ``--config``/``--data-dir`` options; ``load_config`` turns parsed arguments into a Config."""
-    command = with_config(
-        commands.add_parser(
-            "replay",
-            help="send archived events through one event target again",
-            description="Send the archive, or the sample project's Firehose output, through "
-            "one event target again: same retries and dead letters as live, resumable.",
-        )
-    )
-    command.add_argument(
-        "--source",
-        required=True,
-        help="the archive, or the sample project's Firehose output: file://DIR, a path, "
-        "or s3://BUCKET/PREFIX",
-    )
-    command.add_argument("--target", required=True, help="target name, or namespace/name")
-    command.add_argument("--namespace", help="the target's namespace (when names repeat)")
-    command.add_argument(
-        "--from",
-        dest="start",
-        metavar="ISO",
-        type=parse_time,
-        help="receivedAt at or after (ISO 8601, UTC)",
-    )
-    command.add_argument(
-        "--to", dest="end", metavar="ISO", type=parse_time, help="receivedAt before (ISO 8601)"
-    )
-    command.add_argument(
-        "--event-type", help="only records with at least one event of this type (sent whole)"
-    )
-    command.add_argument("--rate", type=float, metavar="N", help="at most N records per second")
-    command.add_argument(
-        "--dry-run", action="store_true", help="read, filter and count; deliver nothing"
-    )
-    command.add_argument(
-        "--resume", action="store_true", help="continue where the same replay stopped"
-    )
-
-    def run(args: argparse.Namespace) -> int:
-        return cmd_replay(args, load_config(args))
-
-    command.set_defaults(func=run)
-    return command
-
-
-def cmd_replay(args: argparse.Namespace, config: Config) -> int:
-    if args.rate is not None and args.rate <= 0:
-        raise ConfigError("--rate must be positive")
-    if args.source.startswith("file://"):
-        local: str | None = args.source.removeprefix("file://")
-    else:
-        local = None if "://" in args.source else args.source
-    if local is not None and not os.path.exists(local):
-        # Reading nothing from a mistyped path would look like a replay of an empty window.
-        raise ConfigError(f"--source {args.source}: no such file or folder")
-    stop = threading.Event()
-
-    def stopping(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, stopping) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        summary = replay(
-            args.source,
-            args.target,
-            config,
-            namespace=args.namespace,
-            start=args.start,
-            end=args.end,
-            event_type=args.event_type,
-            rate=args.rate,
-            dry_run=args.dry_run,
-            resume=args.resume,
-            progress=True,
-            stop=stop,
-        )
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    print(summary.describe())
-    return EXIT_INTERRUPTED if summary.interrupted else 0

@@ -1,28 +1,25 @@
-"""``p13n items load``: item metadata files read, checked and written into a namespace's store.
+"""Item metadata files read, checked and written into a namespace's store (``p13n items load``).
 
 Input formats, chosen by extension:
 
 - JSON lines (any extension but ``.csv``): one JSON object per line, blank lines skipped. The id
-  is the ``--id-column`` field, by default the first of ``itemId``, ``id`` present; the other
+  is the ``id_column`` field, by default the first of ``itemId``, ``id`` present; the other
   fields are the metadata, as written.
-- CSV (``.csv``): a header row, then one item per row. The id column is ``--id-column``, by
+- CSV (``.csv``): a header row, then one item per row. The id column is ``id_column``, by
   default the first of ``itemId``, ``ITEM_ID``, ``id`` in the header; the other columns are the
   metadata, as strings.
 
 An id is a non-empty string (JSON numbers are taken as their text) of at most ``MAX_ID`` (256)
 characters, as Personalize requires. Every bad row is reported with its line number, and then
-nothing is written: the command exits 2. Where the rows go: the ``localdb`` file of the data dir
+nothing is written (``BadInput``). Where the rows go: the ``localdb`` file of the data dir
 (``<dataDir>/items.db``, one transaction), or — when the namespace's item metadata is
 ``dynamodb`` and not ``localdb`` — its DynamoDB table, after a first pass has checked every row.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import os
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -30,13 +27,9 @@ from typing import IO, Any
 from schemas.config import Config
 from schemas.errors import InvalidRequest
 
-EXIT_INVALID = 2
 JSON_ID_FIELDS = ("itemId", "id")
 CSV_ID_COLUMNS = ("itemId", "ITEM_ID", "id")
 MAX_ID = 256
-MAX_REPORTED = 20
-# Below this size a load takes a moment: no progress bar.
-PROGRESS_MIN_BYTES = 1024 * 1024
 
 Row = tuple[str, Mapping[str, Any]]
 
@@ -163,50 +156,46 @@ def metadata_types(config: Config, namespace: str) -> dict[str, Mapping[str, Any
     return found
 
 
-def load_file(args: argparse.Namespace, config: Config) -> int:
-    """``p13n items load``: ``args`` has ``file``, ``namespace`` and ``id_column``; prints a
-    summary line and returns 0, or reports bad rows on stderr and returns 2 with nothing
-    written."""
-    from tqdm import tqdm
+@dataclass(frozen=True)
+class Destination:
+    """Where ``namespace``'s item metadata is loaded: its DynamoDB table when the namespace uses
+    ``dynamodb`` and not ``localdb``, else the data dir's ``items.db``."""
 
+    namespace: str
+    data_dir: str
+    dynamodb: Mapping[str, Any] | None = None
+
+    @property
+    def passes(self) -> int:
+        """How many times a load reads the file: DynamoDB has no transaction, so a first pass
+        checks every row before the first write."""
+        return 2 if self.dynamodb is not None else 1
+
+    def describe(self) -> str:
+        if self.dynamodb is not None:
+            from query.metadata.dynamodb import table_for
+
+            return f"dynamodb table {table_for(self.dynamodb, self.namespace)}"
+        from query.metadata.localdb import default_path
+
+        return default_path(self.data_dir)
+
+
+def destination(config: Config, namespace: str) -> Destination:
+    types = metadata_types(config, namespace)
+    dynamodb = types.get("dynamodb") if "localdb" not in types else None
+    return Destination(namespace, config.data_dir, dynamodb)
+
+
+def load(source: ItemFile, into: Destination) -> int:
+    """Load every row of ``source`` into ``into``; returns how many items were written. A bad
+    row anywhere raises ``BadInput`` with nothing written."""
+    if into.dynamodb is not None:
+        from query.metadata.dynamodb import write_items
+
+        for _ in source.rows():  # check every row before the first write
+            pass
+        return write_items(into.dynamodb, into.namespace, source.rows())
     from query.metadata.localdb import default_path, load_items
 
-    types = metadata_types(config, args.namespace)
-    try:
-        size = os.path.getsize(args.file)
-    except OSError as exc:
-        print(f"p13n: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return EXIT_INVALID
-    dynamodb = types.get("dynamodb") if "localdb" not in types else None
-    passes = 2 if dynamodb is not None else 1
-    with tqdm(
-        total=size * passes,
-        unit="B",
-        unit_scale=True,
-        desc=f"items {args.namespace}",
-        file=sys.stderr,
-        disable=True if size < PROGRESS_MIN_BYTES else None,  # None: only on a terminal
-    ) as progress:
-        source = ItemFile(args.file, args.id_column, on_bytes=progress.update)
-        try:
-            if dynamodb is not None:
-                from query.metadata.dynamodb import table_for, write_items
-
-                for _ in source.rows():  # check every row before the first write
-                    pass
-                count = write_items(dynamodb, args.namespace, source.rows())
-                where = f"dynamodb table {table_for(dynamodb, args.namespace)}"
-            else:
-                path = default_path(config.data_dir)
-                count = load_items(path, args.namespace, source.rows())
-                where = path
-        except BadInput as exc:
-            progress.close()
-            print(f"p13n: {exc.message}; nothing loaded", file=sys.stderr)
-            for number, reason in exc.problems[:MAX_REPORTED]:
-                print(f"  line {number}: {reason}", file=sys.stderr)
-            if len(exc.problems) > MAX_REPORTED:
-                print(f"  … and {len(exc.problems) - MAX_REPORTED} more", file=sys.stderr)
-            return EXIT_INVALID
-    print(f"loaded {count} items into {args.namespace} ({where})")
-    return 0
+    return load_items(default_path(into.data_dir), into.namespace, source.rows())

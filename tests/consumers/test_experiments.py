@@ -20,7 +20,6 @@ from consumers.experiment_report import (
     metric_results,
     two_proportion_z_test,
     wilson_interval,
-    write_plot,
 )
 from consumers.experiment_store import (
     Conversions,
@@ -33,6 +32,7 @@ from consumers.experiment_store import (
 from consumers.supervisor import select_targets
 from consumers.targets import TargetContext, build_target
 from consumers.targets.experiments import ExperimentsTarget
+from p13n.cli.experiments import write_plot
 from schemas.codec import EXPOSURE, INTERACTION, Codec
 from schemas.config import Config, load_config
 from schemas.errors import ConfigError, PermanentError, Unavailable

@@ -23,10 +23,11 @@ import pytest
 from aws.clients import client
 from consumers.base import Delivery, Failures, Target
 from consumers.deadletters import FileDeadLetterStore
-from consumers.replay import ReplaySummary, add_replay_command, find_target, replay
+from consumers.replay import ReplaySummary, find_target, replay
 from consumers.targets import TargetContext, build_target
 from consumers.targets.archive import ArchiveTarget
 from consumers.targets.interactions import store_path
+from p13n.cli.replay import add_replay_command, describe
 from schemas.config import Config, TargetConfig
 from schemas.errors import ConfigError
 from tests.consumers.archive_records import (
@@ -227,7 +228,7 @@ def test_dry_run_counts_and_delivers_nothing(tmp_path: Path, archive: Archive) -
     watch = Watch()
     summary = replay(archive.uri, "interactions", config, dry_run=True, build=watched(watch))
     assert (summary.read, summary.matched, summary.delivered) == (ARCHIVED, ARCHIVED, 0)
-    assert summary.dry_run and "dry run" in summary.describe()
+    assert summary.dry_run and "dry run" in describe(summary)
     assert watch.batches == 0
     assert not os.path.exists(config.data_dir)  # no store, no state, no dead letters
     # The figure for the bench: reading and filtering, nothing delivered.
@@ -514,6 +515,6 @@ def test_the_command_line(
 
 def test_summary_text() -> None:
     summary = ReplaySummary("file:///a", "replay:shop/t", 10, 5, 4, 1, 2, interrupted=True)
-    text = summary.describe()
+    text = describe(summary)
     assert "read 10, matched 5, delivered 4, dead-lettered 1" in text
     assert "skipped 2" in text and "--resume" in text

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from p13n.cli.common import Commands, config_of, with_config
 from query.metadata.localdb import default_path, load_items
 from schemas.config import Config
 
@@ -168,6 +169,19 @@ def seed(args: argparse.Namespace, config: Config) -> int:
     )
     print(f"try: curl {args.url}/recommend-items/{args.namespace}/for-you/user-0001")
     return 0
+
+
+def add_command(commands: Commands) -> None:
+    demo = commands.add_parser("demo", help="try the service with synthetic data")
+    demo_commands = demo.add_subparsers(dest="demo_command", required=True)
+    demo_seed = with_config(
+        demo_commands.add_parser(
+            "seed",
+            help="load a synthetic catalog and post a clickstream to a running service",
+        )
+    )
+    add_arguments(demo_seed)
+    demo_seed.set_defaults(func=lambda args: seed(args, config_of(args)))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
