@@ -126,7 +126,18 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
+        # Declared in this order, and so listed in this order on a scrape.
+        self._process(self.registry)
+        self._scraped(self.registry)
+        self._producer(self.registry)
+        self._stream_writes(self.registry)
+        self.config_reloads = Counter(
+            "p13n_config_reloads", "Config reloads applied", registry=self.registry
+        )
+        self._consumers(self.registry)
+        self._query(self.registry)
+
+    def _process(self, r: CollectorRegistry) -> None:
         # process_resident_memory_bytes, process_cpu_seconds_total, process_start_time_seconds…:
         # the standard per-process figures (memory growth is one to alert on).
         ProcessCollector(registry=r)
@@ -134,12 +145,17 @@ class Metrics:
         Gauge("p13n_process", "This process, by pid", ["pid"], registry=r).labels(
             str(os.getpid())
         ).set(1)
+
+    def _scraped(self, r: CollectorRegistry) -> None:
         # Counted on every request: kept in plain dicts and turned into metric families when
         # scraped (see RequestStats), not in prometheus_client's locked values.
         self.request_stats = RequestStats()
         r.register(self.request_stats)
         self.consumer_states = ConsumerStates()
         r.register(self.consumer_states)
+
+    def _producer(self, r: CollectorRegistry) -> None:
+        """The write path in front of the stream: events accepted, batches, refusals."""
         self.events = Counter(
             "p13n_events_accepted", "Events accepted, by namespace", ["namespace"], registry=r
         )
@@ -161,6 +177,9 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+
+    def _stream_writes(self, r: CollectorRegistry) -> None:
+        """What the producer wrote to the stream, and what waits to be written."""
         self.user_records = Counter(
             "p13n_stream_user_records_written", "User records written", registry=r
         )
@@ -181,7 +200,9 @@ class Metrics:
         self.queue_depth = Gauge(
             "p13n_producer_queue_depth", "Entries waiting for the stream", registry=r
         )
-        self.config_reloads = Counter("p13n_config_reloads", "Config reloads applied", registry=r)
+
+    def _consumers(self, r: CollectorRegistry) -> None:
+        """Per consumer group: outcomes of deliveries, and lag."""
         self.consumer_delivered = Counter(
             "p13n_consumer_delivered",
             "Records delivered to a target, by consumer group",
@@ -206,6 +227,9 @@ class Metrics:
             ["group", "shard"],
             registry=r,
         )
+
+    def _query(self, r: CollectorRegistry) -> None:
+        """The recommendations path: backend calls, fallbacks, decoration, exposures."""
         self.query_backend = Histogram(
             "p13n_query_backend_seconds",
             "Recommender backend calls by variation type and outcome (ok or error code)",
