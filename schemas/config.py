@@ -335,11 +335,6 @@ def _validator() -> Draft202012Validator:
     return Draft202012Validator(json.loads(text))
 
 
-def schema_document() -> Mapping[str, Any]:
-    """The config's JSON Schema (read-only)."""
-    return _frozen(_validator().schema)  # type: ignore[no-any-return]
-
-
 def _path_of(error: Any) -> str:
     return str(error.json_path)
 

@@ -5,8 +5,7 @@
     P13nError                      (type, code, message, status)         type
     ├── PermanentError             retrying the same input fails the same way
     │   ├── InvalidRequest         400  malformed or out-of-limit input   Validation
-    │   ├── Unauthorized           401  no API key                        Authorization
-    │   ├── Forbidden              403  wrong API key                     Authorization
+    │   ├── Forbidden              403  refused (a CORS origin)           Authorization
     │   │   └── OperatorError          the deployment, not the data, is wrong (AWS credentials,
     │   │                              placeholders left in the config): pause, never dead-letter
     │   ├── NotFound               404  unknown namespace, recommender    Configuration
@@ -27,7 +26,8 @@ set per instance with ``type_=`` or by the query path, which knows which backend
 
 Lower-level errors (botocore, sqlite3, sockets) are translated into this tree where those
 libraries are called, with ``raise ... from``. The HTTP layer turns any ``P13nError`` into the
-JSON body ``{"type", "code", "message"}`` in exactly one place (``p13n.errors``).
+JSON body ``{"type", "code", "message"}`` in exactly one place (``p13n.errors``). The API-key
+check answers 401 ``MissingApiKey`` and 403 ``InvalidApiKey`` itself, before any handler runs.
 """
 
 from __future__ import annotations
@@ -59,9 +59,6 @@ class P13nError(Exception):
         if type_ is not None:
             self.type = type_
 
-    def body(self) -> dict[str, str]:
-        return {"type": self.type, "code": self.code, "message": self.message}
-
 
 class PermanentError(P13nError):
     """Retrying the same input will fail the same way."""
@@ -80,12 +77,6 @@ class RetryableError(P13nError):
 class InvalidRequest(PermanentError):
     status = 400
     default_code = "ValidationError"
-
-
-class Unauthorized(PermanentError):
-    status = 401
-    type = "Authorization"
-    default_code = "Unauthorized"
 
 
 class Forbidden(PermanentError):

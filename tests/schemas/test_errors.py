@@ -11,7 +11,6 @@ from schemas import errors
 TREE = [
     (errors.P13nError, 500, "Unhandled", "InternalError"),
     (errors.InvalidRequest, 400, "Validation", "ValidationError"),
-    (errors.Unauthorized, 401, "Authorization", "Unauthorized"),
     (errors.Forbidden, 403, "Authorization", "Forbidden"),
     (errors.NotFound, 404, "Configuration", "NotFound"),
     (errors.PayloadTooLarge, 413, "Validation", "PayloadTooLarge"),
@@ -30,14 +29,14 @@ def test_each_class_has_its_status_type_and_code(
 ) -> None:
     error = cls("m")
     assert (error.status, error.type, error.code) == (status, type_, code)
-    assert error.body() == {"type": type_, "code": code, "message": "m"}
+    assert (error.type, error.code, error.message) == (type_, code, "m")
     # Every type a client can get is in the OpenAPI's enum of them.
     assert type_ in ERROR_TYPES
 
 
 def test_a_backend_failure_carries_the_backends_type() -> None:
     error = errors.UpstreamError("boom", code="ThrottlingException", type_="Personalize")
-    assert error.body() == {"type": "Personalize", "code": "ThrottlingException", "message": "boom"}
+    assert (error.type, error.code, error.message) == ("Personalize", "ThrottlingException", "boom")
     assert errors.UpstreamError("other").type == "Recommender"  # the class is untouched
 
 
