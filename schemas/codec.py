@@ -45,8 +45,8 @@ class _Known:
 class Codec:
     """Encodes with the newest schema of each record name; decodes any known version.
 
-    ``schemas`` are JSON Schema documents (dicts), oldest first within a name: the last one
-    of each full name is the one used to write and to read into.
+    ``schemas`` are parsed Avro schemas (``*.avsc`` documents as dicts), oldest first within a
+    name: the last one of each full name is the one used to write and to read into.
     """
 
     def __init__(self, schemas: Iterable[Mapping[str, Any]]) -> None:

@@ -11,8 +11,16 @@ packed into one aggregated Kinesis record (0 for records that were not aggregate
 checkpoint names the last position a consumer has *settled*; reading resumes right after it.
 
 Backends: the embedded SQLite log (``streams.embedded``) and Amazon Kinesis
-(``streams.kinesis``). Both implement the three protocols below; code above this room sees only
-these protocols, built by ``streams.factory``.
+(``streams.kinesis``), each a ``StreamWriter`` (Kinesis: a ``LanedWriter``) and a
+``StreamReader``, built from the config by ``streams.factory``; checkpoints and leases are kept
+by ``streams.checkpoints`` (SQLite) and ``streams.dynamodb_checkpoints``.
+
+Code above this room uses the protocols and values of this module, ``streams.factory``, the
+group-commit ``streams.producer`` and the KPL record format (``streams.aggregation``); it never
+opens a stream backend itself. Two reaches below that line remain: ``consumers.supervisor``
+builds its checkpoint stores and group lock from ``streams.checkpoints`` and
+``streams.dynamodb_checkpoints`` itself, and the consumers' own SQLite stores (experiment
+counts, interactions) open their files with ``streams.embedded.connect``.
 """
 
 from __future__ import annotations

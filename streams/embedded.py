@@ -3,18 +3,21 @@
 Shards are fixed at creation: ``shards`` equal hash-key ranges, records routed by the MD5 of
 their partition key exactly as Kinesis routes them. Each shard numbers its records 1, 2, 3, …
 (``shard_seq`` keeps the last number, so trimming never reuses one; a trigger maintains it).
-A batch is one multi-row ``INSERT`` — one statement, so one atomic transaction — in WAL mode
-with ``synchronous=FULL``: when ``put_batch`` returns, the batch is on disk. Several processes
-may read while one writes. A writer numbers records from the last numbers it knows; two
-writers serialise on SQLite's write lock, and one whose numbers are not above the shard's last
-(another writer went first; a trigger refuses the whole statement, even when the records that
+A batch of up to ``_INSERT_ROWS`` (1,000) records is one multi-row ``INSERT`` — one statement,
+so one atomic transaction; a larger one (``maxBatchRecords`` allows it) is one such statement
+per 1,000 records inside one explicit transaction. WAL mode with ``synchronous=FULL``: when
+``put_batch`` returns, the batch is on disk. Several processes may read while one writes. A
+writer numbers records from the last numbers it knows; two writers serialise on SQLite's write
+lock, and one whose numbers are not above the shard's last (another writer went first; a
+trigger refuses the statement and the whole batch is rolled back, even when the records that
 took those numbers have since been trimmed) reads the last numbers again and retries, so even
 that stays correct: a number is never used twice, and never below one a reader has passed.
 
-Why one statement: the sqlite3 module lets go of the GIL around every step (every statement,
-every row of an ``executemany``), and each time the writer thread takes it back it may wait
-for the event loop's thread to yield it, up to the 5 ms switch interval. With a transaction
-of several statements a batch's round trip under load was 10 ms, most of it such waits.
+Why one statement for the usual batch: the sqlite3 module lets go of the GIL around every step
+(every statement, every row of an ``executemany``), and each time the writer thread takes it
+back it may wait for the event loop's thread to yield it, up to the 5 ms switch interval. With
+a transaction of several statements a batch's round trip under load was 10 ms, most of it such
+waits.
 
 Retention: records older than ``retention_hours`` are deleted by the writer now and then.
 """
