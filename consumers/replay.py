@@ -232,11 +232,9 @@ def replay(
     identity = {"source": source.uri, "target": target_config.group, **filters.identity()}
     path = state_path(config, identity)
     state = ReplayState.load(path, identity) if resume else ReplayState(path, identity)
-    size = target_config.batch_size or config.consumer.get("batchSize", DEFAULT_BATCH)
-    bucket = None
-    if rate is not None:
-        bucket = TokenBucket(rate, burst=max(1.0, rate / 10))
-        size = max(1, min(size, int(bucket.burst)))
+    size, bucket = _pace(
+        target_config.batch_size or config.consumer.get("batchSize", DEFAULT_BATCH), rate
+    )
     run = _Run(
         source,
         filters,
@@ -264,6 +262,15 @@ def replay(
         run.summary.seconds = time.monotonic() - began
         run.show()
     return run.summary
+
+
+def _pace(size: int, rate: float | None) -> tuple[int, TokenBucket | None]:
+    """The chunk size and the token bucket for ``rate`` records a second (none: no limit);
+    with a rate, chunks are cut to the bucket's burst so the pace stays smooth."""
+    if rate is None:
+        return size, None
+    bucket = TokenBucket(rate, burst=max(1.0, rate / 10))
+    return max(1, min(size, int(bucket.burst))), bucket
 
 
 @dataclass

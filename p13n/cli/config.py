@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 
-from p13n.cli import config_push
 from p13n.cli.common import EXIT_INVALID, Commands
+from p13n.cli.config_push import add_arguments as add_push_arguments
+from p13n.cli.config_push import run as run_push
 from schemas.config import load_config, validate_document
 from schemas.errors import ConfigError
 from schemas.sources import FileSource
@@ -25,8 +26,8 @@ def add_command(commands: Commands) -> None:
         description="Validate FILE (invalid: exit 2, nothing sent), create a hosted "
         "configuration version of it and start a deployment; --wait follows it to the end.",
     )
-    config_push.add_arguments(push)
-    push.set_defaults(func=config_push.run)
+    add_push_arguments(push)
+    push.set_defaults(func=run_push)
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
