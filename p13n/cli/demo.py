@@ -195,6 +195,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _positive(text: str) -> int:
+    # Not common.positive: demo seed's messages ("invalid _positive value", "must be at least
+    # 1") are its own, and kept.
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
