@@ -27,19 +27,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumers.base import Deferred, Delivery, Failures
+from consumers.base import Delivery, Failures
 from consumers.ratelimit import CallQuota
 from consumers.targets import TargetContext
+from consumers.targets.outcomes import DESTINATION_ERRORS, Outcomes
 from consumers.targets.personalize_wire import PutEventsClient, epoch_seconds
 from schemas.codec import INTERACTION
 from schemas.config import TargetConfig
-from schemas.errors import Forbidden, NotFound, P13nError, RetryableError, Unavailable
+from schemas.errors import P13nError, RetryableError, Unavailable
 from schemas.records import event_id
 
 MAX_EVENTS_PER_CALL = 10  # PutEvents' eventList limit
 LANE_WORKERS = 8
-# Errors about the call as a whole (the tracker, the credentials), never about one record.
-_CALL_LEVEL = (NotFound, Forbidden)
 
 
 @dataclass
@@ -53,12 +52,6 @@ class _Call:
     @property
     def size(self) -> int:
         return sum(len(events) for _, events in self.pieces)
-
-
-class _Abort:
-    """Set once by a lane that met a call-level error; the other lanes stop calling."""
-
-    error: P13nError | None = None
 
 
 class PersonalizeTarget:
@@ -87,15 +80,16 @@ class PersonalizeTarget:
         for index, delivery in enumerate(batch):
             if delivery.kind == INTERACTION and delivery.fields.get("eventList"):
                 lanes.setdefault(delivery.record.partition_key, []).append(index)
-        abort = _Abort()
+        # One Outcomes for every lane: a retried call holds its key's later records back, and a
+        # missing tracker or permission (DESTINATION_ERRORS) stops every lane.
+        outcomes = Outcomes(batch)
         futures = [
-            self._pool.submit(self._deliver_lane, _pack(batch, indices), abort)
+            self._pool.submit(self._deliver_lane, _pack(batch, indices), outcomes)
             for indices in lanes.values()
         ]
-        failures: dict[int, P13nError] = {}
         for future in futures:
-            failures.update(future.result())
-        return failures
+            future.result()
+        return outcomes.failures
 
     def close(self) -> None:
         if self._pool is not None:
@@ -105,38 +99,24 @@ class PersonalizeTarget:
             self._client.close()
             self._client = None
 
-    def _deliver_lane(self, calls: list[_Call], abort: _Abort) -> dict[int, P13nError]:
-        """One partition key's calls, strictly in order; returns its records' failures."""
-        failures: dict[int, P13nError] = {}
+    def _deliver_lane(self, calls: list[_Call], outcomes: Outcomes) -> None:
+        """One partition key's calls, strictly in order; their outcomes go to ``outcomes``."""
         queue = deque(calls)
         while queue:
             call = queue.popleft()
-            call.pieces = [(i, events) for i, events in call.pieces if i not in failures]
+            call.pieces = [(i, events) for i, events in call.pieces if outcomes.sendable(i)]
             if not call.pieces:
-                continue  # every record in it already failed for good
-            error = abort.error or self._put(call)
+                continue  # every record in it failed already, waits, or the batch ended
+            error = self._put(call)
             if error is None:
                 continue
-            records = [i for i, _ in call.pieces]
-            if isinstance(error, RetryableError):
-                failures.update(dict.fromkeys(records, error))
-                waiting = Deferred(f"waiting for batch record {records[0]}: {error.message}")
-                for later in queue:
-                    for i, _ in later.pieces:
-                        failures.setdefault(i, waiting)
-                break
-            if isinstance(error, _CALL_LEVEL):
-                abort.error = error
-                for i in [*records, *(i for later in queue for i, _ in later.pieces)]:
-                    failures.setdefault(i, error)
-                break
-            if len(set(records)) == 1:
-                failures[records[0]] = error
+            records = list(dict.fromkeys(i for i, _ in call.pieces))
+            if isinstance(error, (RetryableError, *DESTINATION_ERRORS)) or len(records) == 1:
+                outcomes.fail_call(records, error, retry_ends_batch=False)
                 continue
             # Invalid input somewhere in a packed call: send each record alone to find it.
             alone = [_Call(call.session_id, call.user_id, [piece]) for piece in call.pieces]
             queue.extendleft(reversed(alone))
-        return failures
 
     def _put(self, call: _Call) -> P13nError | None:
         if self._client is None:
