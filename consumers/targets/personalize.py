@@ -22,7 +22,7 @@ needs no safety margin and is used almost fully. Requests go out through
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,12 +30,12 @@ from typing import Any
 from consumers.base import Delivery, Failures
 from consumers.ratelimit import CallQuota
 from consumers.targets import TargetContext
+from consumers.targets.jsonshape import event
 from consumers.targets.outcomes import DESTINATION_ERRORS, Outcomes
 from consumers.targets.personalize_wire import PutEventsClient, epoch_seconds
 from schemas.codec import INTERACTION
 from schemas.config import TargetConfig
 from schemas.errors import P13nError, RetryableError, Unavailable
-from schemas.records import event_id
 
 MAX_EVENTS_PER_CALL = 10  # PutEvents' eventList limit
 LANE_WORKERS = 8
@@ -142,7 +142,10 @@ def _pack(batch: Sequence[Delivery], indices: list[int]) -> list[_Call]:
     for index in indices:
         record = batch[index].fields
         session_id, user_id = record["sessionId"], record.get("userId")
-        events = [_event(record, n, event) for n, event in enumerate(record["eventList"])]
+        events = [
+            event(record, n, fields, sent_at=epoch_seconds)
+            for n, fields in enumerate(record["eventList"])
+        ]
         for start in range(0, len(events), MAX_EVENTS_PER_CALL):
             chunk = events[start : start + MAX_EVENTS_PER_CALL]
             last = calls[-1] if calls else None
@@ -155,19 +158,3 @@ def _pack(batch: Sequence[Delivery], indices: list[int]) -> list[_Call]:
                 calls.append(last)
             last.pieces.append((index, chunk))
     return calls
-
-
-def _event(record: Mapping[str, Any], index: int, event: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "eventId": event_id(record, index),
-        "eventType": event["eventType"],
-        "sentAt": epoch_seconds(event["sentAt"]),
-    }
-    for key in ("eventValue", "itemId", "properties", "recommendationId"):
-        if event.get(key) is not None:
-            out[key] = event[key]
-    if event.get("impression"):
-        out["impression"] = list(event["impression"])
-    if event.get("metricAttribution") is not None:
-        out["metricAttribution"] = dict(event["metricAttribution"])
-    return out

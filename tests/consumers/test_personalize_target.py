@@ -15,6 +15,7 @@ import os
 import random
 import re
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -675,3 +676,18 @@ def test_the_fake_answers_recommendations_and_rankings_through_boto3(
         runtime.get_recommendations(campaignArn=default + "-gone", userId="u1")
     assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
     assert fake_personalize.call_count("GetRecommendations") == 4
+
+
+def test_event_value_goes_out_as_the_client_wrote_it_not_widened_from_float32(
+    fake_personalize: FakePersonalize, make_target: Callable[..., PersonalizeTarget]
+) -> None:
+    # GIVEN an eventValue as the Avro float field hands it back: 4.99 widened from 32 bits
+    widened = struct.unpack("<f", struct.pack("<f", 4.99))[0]
+    assert widened != 4.99
+    fields = record("s1", [event("e-1", eventValue=widened)], user="u1")
+
+    # WHEN it is delivered
+    assert make_target().deliver(deliveries([fields])) == {}
+
+    # THEN Personalize gets 4.99, as the sample-json targets write it
+    assert [e.event["eventValue"] for e in fake_personalize.events()] == [4.99]
