@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 import botocore.session
 import pytest
@@ -34,7 +35,12 @@ from aws.errors import translate
 from consumers.base import Deferred, Delivery
 from consumers.targets import TargetContext, build_target
 from consumers.targets.personalize import PersonalizeTarget
-from consumers.targets.personalize_wire import PutEventsClient, epoch_seconds, error_for
+from consumers.targets.personalize_wire import (
+    PutEventsClient,
+    epoch_seconds,
+    error_for,
+    host_header,
+)
 from schemas.codec import INTERACTION, Codec
 from schemas.config import TargetConfig, default_document, load_config
 from schemas.errors import (
@@ -691,3 +697,22 @@ def test_event_value_goes_out_as_the_client_wrote_it_not_widened_from_float32(
 
     # THEN Personalize gets 4.99, as the sample-json targets write it
     assert [e.event["eventValue"] for e in fake_personalize.events()] == [4.99]
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("http://127.0.0.1:8080/events", "127.0.0.1:8080"),
+        (
+            "https://Personalize-Events.us-east-1.amazonaws.com/",
+            "personalize-events.us-east-1.amazonaws.com",
+        ),
+        ("https://h.example:443/", "h.example"),
+        ("http://h.example:80/", "h.example"),
+        ("https://h.example:80/", "h.example:80"),
+        ("http://[::1]:9000/events", "[::1]:9000"),
+        ("https://user:pw@Host.Example:8443/p", "host.example:8443"),
+    ],
+)
+def test_the_signed_host_is_the_one_botocore_signs(url: str, host: str) -> None:
+    assert host_header(urlsplit(url)) == host
