@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -92,6 +93,17 @@ def classify(status: int, body: bytes, what: str, retry_after: str | None = None
 
 
 class EvidentlyTarget:
+    @dataclass(frozen=True)
+    class Settings:
+        project: str
+
+        @classmethod
+        def parse(cls, options: Mapping[str, Any], where: str) -> EvidentlyTarget.Settings:
+            project = options.get("project")
+            if not project:
+                raise ConfigError(f"event target {where}: evidently needs a project")
+            return cls(project)
+
     kinds = frozenset({INTERACTION, EXPOSURE})
 
     def __init__(
@@ -104,9 +116,7 @@ class EvidentlyTarget:
                 "Evidently was discontinued in 2025; point it at an endpoint that speaks its "
                 "wire format)"
             )
-        project = config.options.get("project")
-        if not project:
-            raise ConfigError(f"event target {config.group}: evidently needs a project")
+        project = self.Settings.parse(config.options, config.group).project
         self.url = f"{config.endpoint_url.rstrip('/')}/projects/{quote(project, safe='')}/events"
         self.region = config.region
         self.timeout = timeout

@@ -22,7 +22,7 @@ needs no safety margin and is used almost fully. Requests go out through
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,13 +55,23 @@ class _Call:
 
 
 class PersonalizeTarget:
+    @dataclass(frozen=True)
+    class Settings:
+        tracking_id: str
+        max_calls_per_second: float | None = None
+
+        @classmethod
+        def parse(cls, options: Mapping[str, Any], where: str) -> PersonalizeTarget.Settings:
+            return cls(options["trackingId"], options.get("maxCallsPerSecond"))
+
     kinds = frozenset({INTERACTION})
 
     def __init__(self, config: TargetConfig, context: TargetContext) -> None:
         self.name = config.name
         self._config = config
-        self._tracking_id: str = config.options["trackingId"]
-        self._rate: float | None = config.options.get("maxCallsPerSecond")
+        settings = self.Settings.parse(config.options, config.group)
+        self._tracking_id = settings.tracking_id
+        self._rate = settings.max_calls_per_second
         self._what = f"personalize PutEvents ({config.group})"
         self._client: PutEventsClient | None = None
         self._pool: ThreadPoolExecutor | None = None
