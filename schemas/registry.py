@@ -6,9 +6,9 @@ A ``Registry`` maps a config's type name (or a URI scheme) to where its implemen
 dependencies are never loaded. Adding a type is one module plus one line in its registry; the
 code that builds things looks the type up here instead of branching on it.
 
-Typed settings: an implementation may carry a ``Settings`` class (a frozen dataclass) with a
-``parse(options, where)`` classmethod; ``settings`` parses a type's raw options with it, once,
-where the thing is built, and raises ``ConfigError`` naming ``where`` for bad values.
+Typed settings: an implementation carries its settings as a ``Settings`` class (a frozen
+dataclass, the ``Settings`` protocol below) whose ``parse(options, where)`` reads the type's
+raw options once, when the thing is built, and raises ``ConfigError`` naming ``where``.
 """
 
 from __future__ import annotations
@@ -65,9 +65,3 @@ def load(entries: Mapping[str, str], name: str, unknown: str) -> Any:
         raise ConfigError(unknown)
     module_name, attribute = where.split(":")
     return getattr(importlib.import_module(module_name), attribute)
-
-
-def settings(implementation: Any, options: Mapping[str, Any], where: str) -> Any:
-    """``implementation.Settings`` parsed from ``options`` (``None`` when it declares none)."""
-    parser: Settings[Any] | None = getattr(implementation, "Settings", None)
-    return None if parser is None else parser.parse(options, where)
