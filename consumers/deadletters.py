@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from schemas.errors import ConfigError
+from schemas.registry import Registry
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,16 +121,28 @@ class FileDeadLetterStore:
                             if line.strip():
                                 yield DeadLetter.from_json(json.loads(line))
 
+    @classmethod
+    def from_uri(cls, uri: str | None, data_dir: str) -> FileDeadLetterStore:
+        """``file://DIR``, or nothing: ``<dataDir>/dead-letters``."""
+        if uri is None:
+            return cls(os.path.join(data_dir, "dead-letters"))
+        parsed = urllib.parse.urlsplit(uri)
+        return cls(parsed.netloc + parsed.path if parsed.netloc else parsed.path)
+
+
+# URI scheme → the store class; each has ``from_uri(uri, data_dir)``.
+STORES: Registry[Any] = Registry(
+    {
+        "file": "consumers.deadletters:FileDeadLetterStore",
+        "s3": "consumers.deadletters_s3:S3DeadLetterStore",
+    },
+    unknown="unsupported dead letter location {uri}",
+)
+
 
 def dead_letter_store(uri: str | None, data_dir: str) -> DeadLetterStore:
-    """``file://DIR`` (or nothing: ``<dataDir>/dead-letters``); ``s3://`` is built by its module."""
-    if uri is None:
-        return FileDeadLetterStore(os.path.join(data_dir, "dead-letters"))
-    parsed = urllib.parse.urlsplit(uri)
-    if parsed.scheme == "file":
-        return FileDeadLetterStore(parsed.netloc + parsed.path if parsed.netloc else parsed.path)
-    if parsed.scheme == "s3":
-        from consumers.deadletters_s3 import S3DeadLetterStore
-
-        return S3DeadLetterStore.from_uri(uri)
-    raise ConfigError(f"unsupported dead letter location {uri}")
+    """The store ``uri`` names (``file://DIR``, ``s3://BUCKET/PREFIX``); nothing: the data
+    dir's ``dead-letters`` folder."""
+    scheme = "file" if uri is None else urllib.parse.urlsplit(uri).scheme
+    store: DeadLetterStore = STORES.lookup(scheme, uri=uri).from_uri(uri, data_dir)
+    return store

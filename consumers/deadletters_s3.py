@@ -49,7 +49,7 @@ class S3DeadLetterStore:
         self.prefix = prefix.strip("/")
 
     @classmethod
-    def from_uri(cls, uri: str) -> S3DeadLetterStore:
+    def from_uri(cls, uri: str, data_dir: str | None = None) -> S3DeadLetterStore:
         """``s3://BUCKET/PREFIX``; the client's endpoint and region are resolved the standard
         way (``AWS_ENDPOINT_URL_S3``, ``AWS_REGION``, ...)."""
         parsed = urllib.parse.urlsplit(uri)

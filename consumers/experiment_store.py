@@ -49,6 +49,7 @@ from typing import Any, Protocol
 
 from schemas.config import Config
 from schemas.errors import ConfigError, Unavailable
+from schemas.registry import Registry
 
 ExposureKey = tuple[str, str, str, str]  # namespace, recommender, feature, variation
 ConversionKey = tuple[str, str, str, str, str]  # ... and metric
@@ -106,19 +107,21 @@ class ExperimentStore(Protocol):
     def close(self) -> None: ...
 
 
+# ``experimentStore.type`` → the store class; each has ``from_config(config)``.
+STORES: Registry[Any] = Registry(
+    {
+        "sqlite": "consumers.experiment_store:SqliteExperimentStore",
+        "dynamodb": "consumers.experiment_store:DynamoExperimentStore",
+    },
+    unknown="unknown experimentStore type '{name}'",
+)
+
+
 def build_store(config: Config) -> ExperimentStore:
     """The store the config's ``experimentStore`` names; nothing is opened yet."""
-    spec = config.experiment_store
-    kind = spec.get("type", "sqlite")
-    if kind == "sqlite":
-        return SqliteExperimentStore(os.path.join(config.data_dir, "experiments.db"))
-    if kind == "dynamodb":
-        if not spec.get("tableName"):
-            raise ConfigError("experimentStore of type dynamodb needs a tableName")
-        return DynamoExperimentStore(
-            spec["tableName"], region=spec.get("region"), endpoint_url=spec.get("endpointUrl")
-        )
-    raise ConfigError(f"unknown experimentStore type '{kind}'")
+    kind = config.experiment_store.get("type", "sqlite")
+    store: ExperimentStore = STORES.lookup(kind).from_config(config)
+    return store
 
 
 # -- SQLite ---------------------------------------------------------------------------------
@@ -147,12 +150,16 @@ CREATE TABLE IF NOT EXISTS conversions (
 
 
 class SqliteExperimentStore:
+    @classmethod
+    def from_config(cls, config: Config) -> SqliteExperimentStore:
+        return cls(os.path.join(config.data_dir, "experiments.db"))
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
 
     def open(self) -> None:
-        from streams.embedded import connect
+        from streams.sqlite import connect
 
         conn = connect(self.path)
         try:
@@ -201,7 +208,7 @@ class SqliteExperimentStore:
             return Counters()
         conn = self._conn
         if conn is None:
-            from streams.embedded import connect
+            from streams.sqlite import connect
 
             conn = connect(self.path)
         where, args = ("WHERE namespace = ?", (namespace,)) if namespace else ("", ())
@@ -270,6 +277,25 @@ def _counter_key(event: Count) -> tuple[str, str]:
 
 
 class DynamoExperimentStore:
+    @dataclass(frozen=True)
+    class Settings:
+        """The config's ``experimentStore`` object of type dynamodb."""
+
+        table_name: str
+        region: str | None = None
+        endpoint_url: str | None = None
+
+        @classmethod
+        def parse(cls, options: Mapping[str, Any], where: str) -> DynamoExperimentStore.Settings:
+            if not options.get("tableName"):
+                raise ConfigError(f"{where} of type dynamodb needs a tableName")
+            return cls(options["tableName"], options.get("region"), options.get("endpointUrl"))
+
+    @classmethod
+    def from_config(cls, config: Config) -> DynamoExperimentStore:
+        settings = cls.Settings.parse(config.experiment_store, "experimentStore")
+        return cls(settings.table_name, region=settings.region, endpoint_url=settings.endpoint_url)
+
     def __init__(
         self, table_name: str, *, region: str | None = None, endpoint_url: str | None = None
     ) -> None:

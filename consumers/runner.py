@@ -21,7 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tenacity import RetryCallState, wait_random_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_never,
+    wait_random_exponential,
+)
 
 from consumers.base import Deferred, Delivery, Target
 from consumers.deadletters import DeadLetter, DeadLetterStore
@@ -61,10 +67,14 @@ class RetryPolicy:
     base_delay: float = 0.05
     max_delay: float = 10.0
 
-    def delay(self, attempt: int) -> float:
-        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-        state.attempt_number = attempt
-        return float(wait_random_exponential(multiplier=self.base_delay, max=self.max_delay)(state))
+    def wait(self, retry_state: RetryCallState) -> float:
+        """A tenacity wait strategy: full jitter up to the exponential bound, but never sooner
+        than a target was told to come back (the ``retry_after`` of a round's errors)."""
+        jitter = wait_random_exponential(multiplier=self.base_delay, max=self.max_delay)
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        told = error.retry_after if isinstance(error, _StillPending) else 0.0
+        return max(float(jitter(retry_state)), min(told, self.max_delay))
 
 
 class ConsumerMetrics(Protocol):
@@ -91,6 +101,23 @@ class _Pending:
     attempts: int = 0
     first_attempt_ms: int = 0
     error: P13nError | None = None
+
+
+@dataclass
+class _Rounds:
+    """What the delivery rounds of one batch have left and done so far."""
+
+    pending: list[_Pending]
+    delivered: int = 0
+    retries: int = 0
+
+
+class _StillPending(Exception):
+    """A round left records pending: tenacity waits, then runs the next round."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"records pending; retry after at least {retry_after}s")
+        self.retry_after = retry_after
 
 
 class GroupConsumer:
@@ -295,70 +322,83 @@ class GroupConsumer:
         left: list[_Pending] | None = None,
     ) -> tuple[int, int]:
         """Settle ``pending``; with ``left`` (a list), records out of attempts but not of age
-        go there, and once any does, so does everything still pending (it must not overtake)."""
-        delivered = 0
-        retries = 0
-        attempt = 0
-        while pending:
-            attempt += 1
-            now_ms = int(self.clock() * 1000)
-            for item in pending:
-                item.attempts += 1
-                item.first_attempt_ms = item.first_attempt_ms or now_ms
-            failures = self._attempt([p.delivery for p in pending])
-            # Credentials or the config are wrong, not the records: nothing is settled (no
-            # attempt counts, nothing is dead-lettered, the checkpoint stays); whoever runs
-            # the group pauses it and comes back to this batch once the operator fixed it.
-            for failure in failures.values():
-                if isinstance(failure, OperatorError):
-                    raise failure
-            # A round where everything was deferred would loop forever: count it then.
-            someone_tried = any(not isinstance(e, Deferred) for e in failures.values())
-            still: list[_Pending] = []
-            for position, item in enumerate(pending):
-                error = failures.get(position)
-                if error is None:
-                    delivered += 1
-                elif isinstance(error, Deferred) and someone_tried:
-                    item.attempts -= 1  # never sent: waiting behind its predecessor
-                    still.append(item)
-                elif isinstance(error, RetryableError) and not self._exhausted(item, now_ms):
-                    item.error = error
-                    still.append(item)
-                elif (
-                    left is not None
-                    and isinstance(error, RetryableError)
-                    and not self._too_old(item, now_ms)
-                ):
-                    item.error = error
-                    left.append(item)
-                else:
-                    letters.append(
-                        self._letter(
-                            item.delivery.record,
-                            item.delivery.fields,
-                            error,
-                            item.attempts,
-                            item.first_attempt_ms,
-                        )
+        go there, and once any does, so does everything still pending (it must not overtake).
+        Rounds are run by tenacity: a round that leaves records pending raises ``_StillPending``
+        and the next one starts after ``RetryPolicy.wait``."""
+        rounds = _Rounds(pending)
+
+        def sleep(seconds: float) -> None:
+            # A stop during the wait leaves the pending records unsettled (no checkpoint passes
+            # them); they are delivered again after a restart rather than dead-lettered early.
+            if self.stop.wait(seconds):
+                raise Interrupted(f"{len(rounds.pending)} record(s) left unsettled by shutdown")
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(_StillPending),
+            wait=self.policy.wait,
+            stop=stop_never,  # each record is bounded by itself (_exhausted), not the loop
+            sleep=sleep,
+            reraise=True,
+        )
+        retrying(self._round, rounds, letters, left)
+        return rounds.delivered, rounds.retries
+
+    def _round(
+        self, rounds: _Rounds, letters: list[DeadLetter], left: list[_Pending] | None
+    ) -> None:
+        """One attempt at every pending record; raises ``_StillPending`` when some remain."""
+        now_ms = int(self.clock() * 1000)
+        pending = rounds.pending
+        for item in pending:
+            item.attempts += 1
+            item.first_attempt_ms = item.first_attempt_ms or now_ms
+        failures = self._attempt([p.delivery for p in pending])
+        # Credentials or the config are wrong, not the records: nothing is settled (no
+        # attempt counts, nothing is dead-lettered, the checkpoint stays); whoever runs
+        # the group pauses it and comes back to this batch once the operator fixed it.
+        for failure in failures.values():
+            if isinstance(failure, OperatorError):
+                raise failure
+        # A round where everything was deferred would loop forever: count it then.
+        someone_tried = any(not isinstance(e, Deferred) for e in failures.values())
+        still: list[_Pending] = []
+        for position, item in enumerate(pending):
+            error = failures.get(position)
+            if error is None:
+                rounds.delivered += 1
+            elif isinstance(error, Deferred) and someone_tried:
+                item.attempts -= 1  # never sent: waiting behind its predecessor
+                still.append(item)
+            elif isinstance(error, RetryableError) and not self._exhausted(item, now_ms):
+                item.error = error
+                still.append(item)
+            elif (
+                left is not None
+                and isinstance(error, RetryableError)
+                and not self._too_old(item, now_ms)
+            ):
+                item.error = error
+                left.append(item)
+            else:
+                letters.append(
+                    self._letter(
+                        item.delivery.record,
+                        item.delivery.fields,
+                        error,
+                        item.attempts,
+                        item.first_attempt_ms,
                     )
-            pending = still
-            if left:
-                left.extend(pending)
-                left.sort(key=lambda item: item.index)
-                break
-            if pending:
-                retries += len(pending)
-                # Full jitter: a random wait up to the exponential bound. A stop during the
-                # wait leaves these records unsettled (no checkpoint passes them); they are
-                # delivered again after a restart rather than dead-lettered too early.
-                # A target that was told when to come back (Retry-After) is not called sooner.
-                told = max((p.error.retry_after or 0.0 for p in pending if p.error), default=0.0)
-                if self.stop.wait(
-                    max(self.policy.delay(attempt), min(told, self.policy.max_delay))
-                ):
-                    raise Interrupted(f"{len(pending)} record(s) left unsettled by shutdown")
-        return delivered, retries
+                )
+        rounds.pending = still
+        if left:
+            left.extend(still)
+            left.sort(key=lambda item: item.index)
+            return
+        if still:
+            rounds.retries += len(still)
+            # A target that was told when to come back (Retry-After) is not called sooner.
+            told = max((p.error.retry_after or 0.0 for p in still if p.error), default=0.0)
+            raise _StillPending(told)
 
     def _attempt(self, batch: list[Delivery]) -> dict[int, P13nError]:
         try:

@@ -49,8 +49,8 @@ from schemas.config import Config, Namespace, TargetConfig
 from schemas.errors import ConfigError, OperatorError, P13nError, Unavailable
 from schemas.sources import ConfigHolder
 from streams.base import CheckpointStore, StreamReader
-from streams.checkpoints import GroupLock, SqliteCheckpointStore
-from streams.factory import build_reader
+from streams.checkpoints import GroupLock
+from streams.factory import build_checkpoints, build_reader
 
 log = logging.getLogger("p13n.consumers")
 
@@ -61,24 +61,6 @@ STATES = ("starting", "standby", "running", "paused", "stopped")
 # The sample project's configs name what to fill in as [REGION], [ACCOUNT], [TRACKING_ID]...
 # (upper case only, so an IPv6 host such as http://[::1]:8080 is not one).
 _PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_ -]*\]")
-
-
-def checkpoint_path(config: Config) -> str:
-    return os.path.join(config.data_dir, "checkpoints.db")
-
-
-def build_checkpoints(config: Config, owner: str) -> CheckpointStore:
-    """The store ``config.checkpoints`` names: SQLite in the data dir (one consuming process),
-    or DynamoDB, whose shard leases let several processes share the stream (``owner`` names
-    this one in them)."""
-    kind = config.checkpoints.get("type", "sqlite")
-    if kind == "sqlite":
-        return SqliteCheckpointStore(checkpoint_path(config))
-    if kind == "dynamodb":
-        from streams.dynamodb_checkpoints import DynamoCheckpointStore
-
-        return DynamoCheckpointStore.from_settings(config.checkpoints, owner)
-    raise ConfigError(f"unknown checkpoints type '{kind}'")
 
 
 def lock_directory(config: Config) -> str:

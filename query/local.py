@@ -1,9 +1,7 @@
 """The embedded recommender: recommendations computed from ``<dataDir>/interactions.db``.
 
-Contract: the ``interactions`` consumer target writes the table ``interactions`` with the columns
-``event_id, namespace, user_id, session_id, item_id, event_type, event_value, ts_ms`` and the
-indexes ``(namespace, user_id, ts_ms)``, ``(namespace, item_id, ts_ms)``,
-``(namespace, session_id)``. This module only reads those columns, by name, over a read-only
+Contract: ``schemas.interactions`` (the table the ``interactions`` consumer target writes, its
+columns and indexes). This module only reads those columns, by name, over a read-only
 connection opened per call (WAL lets it read while the consumer writes). A missing file or a
 missing table reads as "no interactions yet": empty results, never an error.
 
@@ -42,6 +40,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+from schemas.interactions import TABLE
+
 RECENT_ITEMS = 20
 AFFINITY_POOL = 1000
 MAX_SESSIONS = 1000
@@ -54,7 +54,7 @@ _WEIGHT = "exp(:k * max(:now - {ts}, 0))"
 
 _POPULAR = f"""
 SELECT item_id, round(SUM({_WEIGHT.format(ts="ts_ms")}), {_DIGITS}) AS score
-FROM interactions
+FROM {TABLE}
 WHERE namespace = :ns AND item_id IS NOT NULL
 GROUP BY item_id
 ORDER BY score DESC, item_id
@@ -63,15 +63,15 @@ LIMIT :limit
 
 # The inner ``LIMIT -1`` keeps each subquery unflattened, so the planner reads it through the
 # index on its own WHERE columns instead of scanning the namespace in the GROUP BY's order.
-_SEEN = """
+_SEEN = f"""
 SELECT DISTINCT item_id, 0 FROM (
-  SELECT item_id FROM interactions WHERE namespace = :ns AND user_id = :user LIMIT -1)
+  SELECT item_id FROM {TABLE} WHERE namespace = :ns AND user_id = :user LIMIT -1)
 WHERE item_id IS NOT NULL
 """
 
 _RECENT = f"""
 SELECT item_id, MAX(ts) AS ts FROM (
-  SELECT item_id, ts_ms AS ts FROM interactions
+  SELECT item_id, ts_ms AS ts FROM {TABLE}
   WHERE namespace = :ns AND user_id = :user LIMIT -1)
 WHERE item_id IS NOT NULL
 GROUP BY item_id
@@ -82,9 +82,9 @@ LIMIT {RECENT_ITEMS}
 _RELATED = f"""
 WITH pairs AS (
   SELECT item_id, session_id, MAX(ts_ms) AS ts FROM (
-    SELECT item_id, session_id, ts_ms FROM interactions
+    SELECT item_id, session_id, ts_ms FROM {TABLE}
     WHERE namespace = :ns AND session_id IN (
-      SELECT session_id FROM interactions WHERE namespace = :ns AND item_id = :item
+      SELECT session_id FROM {TABLE} WHERE namespace = :ns AND item_id = :item
       ORDER BY ts_ms DESC LIMIT {MAX_SESSIONS})
     LIMIT -1)
   WHERE item_id IS NOT NULL AND item_id != :item
@@ -102,13 +102,13 @@ WITH recent_sessions AS (
   SELECT DISTINCT recent_item, session_id FROM (
     SELECT item_id AS recent_item, session_id,
       row_number() OVER (PARTITION BY item_id ORDER BY ts_ms DESC) AS nth
-    FROM interactions
+    FROM {TABLE}
     WHERE namespace = :ns AND item_id IN (SELECT value FROM json_each(:recent)))
   WHERE nth <= {MAX_SESSIONS // RECENT_ITEMS}
 ), pairs AS (
   SELECT rs.recent_item, i.item_id, i.session_id, MAX(i.ts_ms) AS ts
   FROM recent_sessions rs
-  JOIN interactions i ON i.namespace = :ns AND i.session_id = rs.session_id
+  JOIN {TABLE} i ON i.namespace = :ns AND i.session_id = rs.session_id
   WHERE i.item_id IN (SELECT value FROM json_each(:candidates)) AND i.item_id != rs.recent_item
   GROUP BY rs.recent_item, i.item_id, i.session_id
 )
@@ -117,7 +117,7 @@ SELECT item_id, SUM({_WEIGHT.format(ts="ts")}) FROM pairs GROUP BY item_id
 
 _USER_ITEMS = f"""
 SELECT item_id, SUM({_WEIGHT.format(ts="ts")}) FROM (
-  SELECT item_id, ts_ms AS ts FROM interactions
+  SELECT item_id, ts_ms AS ts FROM {TABLE}
   WHERE namespace = :ns AND user_id = :user LIMIT -1)
 WHERE item_id IS NOT NULL
 GROUP BY item_id
@@ -125,7 +125,7 @@ GROUP BY item_id
 
 _CANDIDATE_POPULARITY = f"""
 SELECT item_id, SUM({_WEIGHT.format(ts="ts_ms")})
-FROM interactions
+FROM {TABLE}
 WHERE namespace = :ns AND item_id IN (SELECT value FROM json_each(:candidates))
 GROUP BY item_id
 """

@@ -14,9 +14,10 @@ import sqlite3
 import time
 import urllib.parse
 
+from schemas.config import Config
 from schemas.errors import Unavailable
 from streams.base import Position
-from streams.embedded import connect
+from streams.sqlite import connect
 
 
 def _now_ms() -> int:
@@ -25,6 +26,13 @@ def _now_ms() -> int:
 
 class SqliteCheckpointStore:
     """``CheckpointStore`` in SQLite; ``save`` commits with a full sync before returning."""
+
+    FILE_NAME = "checkpoints.db"
+
+    @classmethod
+    def from_config(cls, config: Config, owner: str) -> SqliteCheckpointStore:
+        """``<dataDir>/checkpoints.db``; one consuming process, so ``owner`` is not needed."""
+        return cls(os.path.join(config.data_dir, cls.FILE_NAME))
 
     def __init__(self, path: str) -> None:
         self._conn = connect(path)

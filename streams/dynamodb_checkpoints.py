@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from aws.clients import client as aws_client
 from aws.errors import translate
+from schemas.config import Config
 from schemas.errors import ConfigError
 from streams.base import LeaseLost, Position
 
@@ -85,16 +87,37 @@ class DynamoCheckpointStore:
         self.lease_seconds = lease_seconds
         self._clock = clock
 
+    @dataclass(frozen=True)
+    class Settings:
+        """The config's ``checkpoints`` object of type dynamodb."""
+
+        table_name: str
+        region: str | None = None
+        endpoint_url: str | None = None
+        lease_seconds: float = 30.0
+
+        @classmethod
+        def parse(cls, options: Mapping[str, Any], where: str) -> DynamoCheckpointStore.Settings:
+            table = options.get("tableName")
+            if not table:
+                raise ConfigError(f"{where} of type dynamodb need a tableName")
+            return cls(
+                table,
+                options.get("region"),
+                options.get("endpointUrl"),
+                float(options.get("leaseSeconds", 30)),
+            )
+
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], owner: str) -> DynamoCheckpointStore:
         """Build from the config's ``checkpoints`` object (``type`` dynamodb)."""
-        table = settings.get("tableName")
-        if not table:
-            raise ConfigError("checkpoints of type dynamodb need a tableName")
-        dynamodb = aws_client(
-            "dynamodb", region=settings.get("region"), endpoint_url=settings.get("endpointUrl")
-        )
-        return cls(dynamodb, table, owner, float(settings.get("leaseSeconds", 30)))
+        parsed = cls.Settings.parse(settings, "checkpoints")
+        dynamodb = aws_client("dynamodb", region=parsed.region, endpoint_url=parsed.endpoint_url)
+        return cls(dynamodb, parsed.table_name, owner, parsed.lease_seconds)
+
+    @classmethod
+    def from_config(cls, config: Config, owner: str) -> DynamoCheckpointStore:
+        return cls.from_settings(config.checkpoints, owner)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)

@@ -42,8 +42,8 @@ from streams.base import (
     Written,
 )
 from streams.hashing import ShardMap, equal_ranges, hash_key
+from streams.sqlite import connect
 
-BUSY_TIMEOUT_MS = 10_000
 TRIM_EVERY_SECONDS = 60.0
 ROUTE_MEMO_SIZE = 65_536
 
@@ -89,22 +89,6 @@ def _insert(rows: int) -> str:
 
 def shard_id(index: int) -> str:
     return f"shardId-{index:012d}"
-
-
-def connect(path: str) -> sqlite3.Connection:
-    """A connection in autocommit mode (we issue BEGIN ourselves), WAL, full sync."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    try:
-        conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-        )
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-    except sqlite3.Error as exc:
-        raise Unavailable(f"cannot open the embedded stream at {path}: {exc}") from exc
-    return conn
 
 
 def _load_shards(conn: sqlite3.Connection) -> list[Shard]:

@@ -1,4 +1,5 @@
-"""Building stream backends from the config: the one place stream types are registered."""
+"""Building stream backends and checkpoint stores from the config: the one place their types
+are registered."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from dataclasses import dataclass
 
 from schemas.config import Config
 from schemas.errors import ConfigError
-from streams.base import StreamReader, StreamWriter
+from schemas.registry import Registry
+from streams.base import CheckpointStore, StreamReader, StreamWriter
 
 
 @dataclass(frozen=True)
@@ -74,3 +76,22 @@ def build_writer(config: Config) -> StreamWriter:
 
 def build_reader(config: Config) -> StreamReader:
     return _backend(config).reader(config)
+
+
+# ``checkpoints.type`` → the store class; each has ``from_config(config, owner)``.
+CHECKPOINTS: Registry[type[CheckpointStore]] = Registry(
+    {
+        "sqlite": "streams.checkpoints:SqliteCheckpointStore",
+        "dynamodb": "streams.dynamodb_checkpoints:DynamoCheckpointStore",
+    },
+    unknown="unknown checkpoints type '{name}'",
+)
+
+
+def build_checkpoints(config: Config, owner: str) -> CheckpointStore:
+    """The store ``config.checkpoints`` names: SQLite in the data dir (one consuming process),
+    or DynamoDB, whose shard leases let several processes share the stream (``owner`` names
+    this one in them)."""
+    store = CHECKPOINTS.lookup(config.checkpoints.get("type", "sqlite"))
+    built: CheckpointStore = store.from_config(config, owner)  # type: ignore[attr-defined]
+    return built

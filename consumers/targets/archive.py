@@ -43,7 +43,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -161,6 +161,22 @@ class _OpenFile:
 
 
 class ArchiveTarget:
+    @dataclass(frozen=True)
+    class Settings:
+        uri: str | None = None  # None: file://<dataDir>/archive
+        roll_seconds: float = DEFAULT_ROLL_SECONDS
+        roll_bytes: int = DEFAULT_ROLL_BYTES
+        codec: str = "deflate"
+
+        @classmethod
+        def parse(cls, options: Mapping[str, Any], where: str) -> ArchiveTarget.Settings:
+            return cls(
+                options.get("uri") or None,
+                float(options.get("rollSeconds", DEFAULT_ROLL_SECONDS)),
+                int(options.get("rollBytes", DEFAULT_ROLL_BYTES)),
+                options.get("codec", "deflate"),
+            )
+
     kinds = frozenset({INTERACTION, EXPOSURE})
 
     def __init__(
@@ -172,14 +188,14 @@ class ArchiveTarget:
         wall_clock: Callable[[], float] = time.time,
         recover_after: float | None = None,
     ) -> None:
-        options = config.options
+        settings = self.Settings.parse(config.options, config.group)
         self.name = config.name
-        self.uri = options.get("uri") or "file://" + os.path.join(
+        self.uri = settings.uri or "file://" + os.path.join(
             os.path.abspath(context.config.data_dir), "archive"
         )
-        self.roll_seconds = float(options.get("rollSeconds", DEFAULT_ROLL_SECONDS))
-        self.roll_bytes = int(options.get("rollBytes", DEFAULT_ROLL_BYTES))
-        self.codec = options.get("codec", "deflate")
+        self.roll_seconds = settings.roll_seconds
+        self.roll_bytes = settings.roll_bytes
+        self.codec = settings.codec
         self._region = config.region
         self._endpoint_url = config.endpoint_url
         self._clock = clock

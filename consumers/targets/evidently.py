@@ -13,22 +13,23 @@ metric with ``trackExposures``) gets ``0.0000001``. Events go to the target's ``
 
 Outcomes: 429, 5xx, timeouts and connection errors are retryable; any other 4xx is permanent.
 After a retryable failure the rest of the batch is not sent (``Deferred``), so nothing
-overtakes the record being retried. Evidently has no event ids: a retried call may count
+overtakes the record being retried (``consumers.targets.outcomes``). Evidently has no event ids: a retried call may count
 events twice there.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from consumers.base import Deferred, Delivery, Failures
+import httpx
+
+from consumers.base import Delivery, Failures
 from consumers.targets import TargetContext
+from consumers.targets.outcomes import Outcomes
 from schemas.codec import EXPOSURE, INTERACTION
 from schemas.config import Experiment, TargetConfig
 from schemas.errors import (
@@ -92,6 +93,17 @@ def classify(status: int, body: bytes, what: str, retry_after: str | None = None
 
 
 class EvidentlyTarget:
+    @dataclass(frozen=True)
+    class Settings:
+        project: str
+
+        @classmethod
+        def parse(cls, options: Mapping[str, Any], where: str) -> EvidentlyTarget.Settings:
+            project = options.get("project")
+            if not project:
+                raise ConfigError(f"event target {where}: evidently needs a project")
+            return cls(project)
+
     kinds = frozenset({INTERACTION, EXPOSURE})
 
     def __init__(
@@ -104,15 +116,13 @@ class EvidentlyTarget:
                 "Evidently was discontinued in 2025; point it at an endpoint that speaks its "
                 "wire format)"
             )
-        project = config.options.get("project")
-        if not project:
-            raise ConfigError(f"event target {config.group}: evidently needs a project")
+        project = self.Settings.parse(config.options, config.group).project
         self.url = f"{config.endpoint_url.rstrip('/')}/projects/{quote(project, safe='')}/events"
         self.region = config.region
         self.timeout = timeout
         self._namespace = context.config.namespace(config.namespace)
         self._credentials: Any = None
-        self._http: Any = None
+        self._http: httpx.Client | None = None
 
     def open(self) -> None:
         import boto3
@@ -122,7 +132,7 @@ class EvidentlyTarget:
         if self._credentials is None:
             raise ConfigError(f"event target {self.name}: no AWS credentials to sign with")
         self.region = self.region or session.region_name or "us-east-1"
-        self._http = urllib.request.build_opener()
+        self._http = httpx.Client(timeout=self.timeout, follow_redirects=False)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -166,16 +176,12 @@ class EvidentlyTarget:
     def deliver(self, batch: Sequence[Delivery]) -> Failures:
         if self._http is None:
             raise Unavailable("evidently target is not open")
-        failures: dict[int, P13nError] = {}
+        outcomes = Outcomes(batch)
         chunk: list[tuple[int, dict[str, Any]]] = []  # (index of the delivery, event)
-        stopped = False
 
         def flush() -> None:
-            nonlocal stopped
             if chunk:
-                for index, error in self._put(chunk).items():
-                    failures.setdefault(index, error)
-                    stopped = stopped or isinstance(error, RetryableError)
+                self._report(outcomes, chunk)
                 chunk.clear()
 
         for index, delivery in enumerate(batch):
@@ -184,23 +190,35 @@ class EvidentlyTarget:
                 continue
             if len(chunk) + len(events) > MAX_EVENTS_PER_CALL:
                 flush()  # a record's events share a call unless it has more than 50
-            if stopped:
-                failures[index] = Deferred("not sent: an earlier call of this batch is retried")
+            if not outcomes.sendable(index):
                 continue
             for event in events:
                 chunk.append((index, event))
                 if len(chunk) == MAX_EVENTS_PER_CALL:
                     flush()
-                    if index in failures:
+                    if index in outcomes.failures:
                         break
         flush()
-        return failures
+        return outcomes.failures
+
+    def _report(self, outcomes: Outcomes, chunk: list[tuple[int, dict[str, Any]]]) -> None:
+        """Send one call and record its outcome: any retryable failure, of the call or of one
+        event, ends the batch; a permanent one fails its records only."""
+        for index, error in self._put(chunk).items():
+            if index in outcomes.failures:
+                continue  # a record spread over two calls keeps its first failure
+            if isinstance(error, RetryableError):
+                outcomes.fail_call([index], error)
+            else:
+                outcomes.fail(index, error)
 
     def _put(self, chunk: list[tuple[int, dict[str, Any]]]) -> dict[int, P13nError]:
         """One PutProjectEvents call: the deliveries it failed for, and why."""
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 
+        if self._http is None:
+            raise Unavailable("evidently target is not open")
         what = "evidently PutProjectEvents"
         owners = [index for index, _ in chunk]
         body = json.dumps({"events": [event for _, event in chunk]}).encode()
@@ -209,25 +227,21 @@ class EvidentlyTarget:
         )
         credentials = self._credentials.get_frozen_credentials()
         SigV4Auth(credentials, SERVICE, self.region).add_auth(signed)
-        request = urllib.request.Request(
-            self.url, data=body, headers=dict(signed.headers.items()), method="POST"
-        )
         error: P13nError
         try:
-            with self._http.open(request, timeout=self.timeout) as response:
-                content = response.read()
-        except urllib.error.HTTPError as exc:
-            error = classify(exc.code, exc.read(), what, exc.headers.get("retry-after"))
+            response = self._http.post(self.url, content=body, headers=dict(signed.headers.items()))
+        except httpx.TimeoutException:
+            error = UpstreamTimeout(f"{what}: timed out after {self.timeout}s")
             return dict.fromkeys(owners, error)
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            if isinstance(reason, TimeoutError):
-                error = UpstreamTimeout(f"{what}: timed out after {self.timeout}s")
-            else:
-                error = Unavailable(f"{what}: {reason}", code=type(reason).__name__)
+        except httpx.TransportError as exc:
+            error = Unavailable(f"{what}: {exc}", code=type(exc).__name__)
+            return dict.fromkeys(owners, error)
+        if response.status_code >= 300:
+            retry_after = response.headers.get("retry-after")
+            error = classify(response.status_code, response.content, what, retry_after)
             return dict.fromkeys(owners, error)
         try:
-            results = json.loads(content).get("eventResults") or []
+            results = json.loads(response.content).get("eventResults") or []
         except (ValueError, AttributeError):
             results = []
         failed: dict[int, P13nError] = {}
@@ -239,4 +253,6 @@ class EvidentlyTarget:
         return failed
 
     def close(self) -> None:
-        self._http = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None

@@ -12,7 +12,8 @@ sends nothing more in this batch).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -32,12 +33,20 @@ MAX_RECORD_BYTES = 1000 * 1024
 
 
 class FirehoseTarget:
+    @dataclass(frozen=True)
+    class Settings:
+        stream_name: str
+
+        @classmethod
+        def parse(cls, options: Mapping[str, Any], where: str) -> FirehoseTarget.Settings:
+            return cls(options["streamName"])
+
     kinds = frozenset({INTERACTION})
 
     def __init__(self, config: TargetConfig, context: TargetContext) -> None:
         self.name = config.name
         self._config = config
-        self._stream: str = config.options["streamName"]
+        self._stream = self.Settings.parse(config.options, config.group).stream_name
         self._what = f"firehose PutRecordBatch to {self._stream} ({config.group})"
         self._client: Any = None
 

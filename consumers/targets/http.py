@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -45,15 +47,25 @@ _PERMANENT = {401: Forbidden, 403: Forbidden, 404: NotFound, 410: NotFound, 413:
 
 
 class HttpTarget:
+    @dataclass(frozen=True)
+    class Settings:
+        url: str
+        headers: Mapping[str, str]
+        secret: str | None = None
+
+        @classmethod
+        def parse(cls, options: Mapping[str, Any], where: str) -> HttpTarget.Settings:
+            return cls(options["url"], options.get("headers", {}), options.get("secret"))
+
     kinds = frozenset({INTERACTION})
 
     def __init__(self, config: TargetConfig, context: TargetContext) -> None:
         self.name = config.name
-        self._url: str = config.options["url"]
+        settings = self.Settings.parse(config.options, config.group)
+        self._url = settings.url
         self._headers = httpx.Headers({"content-type": "application/json", "user-agent": "p13n"})
-        self._headers.update(config.options.get("headers", {}))
-        secret = config.options.get("secret")
-        self._secret = secret.encode("utf-8") if secret else None
+        self._headers.update(settings.headers)
+        self._secret = settings.secret.encode("utf-8") if settings.secret else None
         self._chunk_size = config.batch_size or DEFAULT_BATCH_SIZE
         self._what = f"POST {self._url} ({config.group})"
         self._client: httpx.Client | None = None

@@ -6,13 +6,16 @@ body is the request body as a client would send it: events carry their ``eventId
 the client gave none), ``sentAt`` in epoch seconds and ``properties`` as JSON text; fields the
 client left out stay out. Headers are the allow-listed ones kept with the record, under their
 real names. p13n adds ``recordId`` (hex) and, for replayed deliveries, ``"replay": true``.
+
+``event`` is the one builder of a Personalize-shaped event, shared with the
+personalize-event-tracker target, which only serialises ``sentAt`` its own way (botocore's).
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from schemas.records import context_headers, event_id
@@ -25,7 +28,7 @@ def sample_json(fields: Mapping[str, Any], *, replay: bool = False) -> dict[str,
     body: dict[str, Any] = {"sessionId": fields["sessionId"]}
     if fields.get("userId") is not None:
         body["userId"] = fields["userId"]
-    body["eventList"] = [_event(fields, n, e) for n, e in enumerate(fields.get("eventList") or ())]
+    body["eventList"] = [event(fields, n, e) for n, e in enumerate(fields.get("eventList") or ())]
     conversions = [
         {k: v for k, v in conversion.items() if v is not None}
         for conversion in fields.get("experimentConversions") or ()
@@ -50,21 +53,35 @@ def encode(document: Any) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def _event(record: Mapping[str, Any], index: int, event: Mapping[str, Any]) -> dict[str, Any]:
+def _seconds(millis: int) -> float:
+    return millis / 1000
+
+
+def event(
+    record: Mapping[str, Any],
+    index: int,
+    fields: Mapping[str, Any],
+    *,
+    sent_at: Callable[[int], int | float] = _seconds,
+) -> dict[str, Any]:
+    """Event ``index`` of an interaction ``record`` (its decoded ``fields``) as the Personalize
+    ``Event`` shape: ``sentAt`` in epoch seconds (by ``sent_at``, from the stored milliseconds;
+    a float by default), ``eventId`` derived when the client gave none, fields left out staying
+    out."""
     out: dict[str, Any] = {
         "eventId": event_id(record, index),
-        "eventType": event["eventType"],
-        "sentAt": event["sentAt"] / 1000,
+        "eventType": fields["eventType"],
+        "sentAt": sent_at(fields["sentAt"]),
     }
-    if event.get("eventValue") is not None:
-        out["eventValue"] = _float32(event["eventValue"])
+    if fields.get("eventValue") is not None:
+        out["eventValue"] = _float32(fields["eventValue"])
     for key in _OPTIONAL_EVENT_FIELDS:
-        if event.get(key) is not None:
-            out[key] = event[key]
-    if event.get("impression"):
-        out["impression"] = list(event["impression"])
-    if event.get("metricAttribution") is not None:
-        out["metricAttribution"] = dict(event["metricAttribution"])
+        if fields.get(key) is not None:
+            out[key] = fields[key]
+    if fields.get("impression"):
+        out["impression"] = list(fields["impression"])
+    if fields.get("metricAttribution") is not None:
+        out["metricAttribution"] = dict(fields["metricAttribution"])
     return out
 
 

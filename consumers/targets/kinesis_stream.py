@@ -15,7 +15,8 @@ with session keys — still share a single call; a key with n records costs n ca
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -36,15 +37,26 @@ FORMATS = ("sample-json", "avro")
 
 
 class KinesisStreamTarget:
+    @dataclass(frozen=True)
+    class Settings:
+        stream_name: str
+        format: str = "sample-json"
+
+        @classmethod
+        def parse(cls, options: Mapping[str, Any], where: str) -> KinesisStreamTarget.Settings:
+            settings = cls(options["streamName"], options.get("format", "sample-json"))
+            if settings.format not in FORMATS:
+                raise ConfigError(f"{where}: unknown kinesis-stream format '{settings.format}'")
+            return settings
+
     kinds = frozenset({INTERACTION})
 
     def __init__(self, config: TargetConfig, context: TargetContext) -> None:
         self.name = config.name
         self._config = config
-        self._stream: str = config.options["streamName"]
-        self._format: str = config.options.get("format", "sample-json")
-        if self._format not in FORMATS:
-            raise ConfigError(f"{config.group}: unknown kinesis-stream format '{self._format}'")
+        settings = self.Settings.parse(config.options, config.group)
+        self._stream = settings.stream_name
+        self._format = settings.format
         self._what = f"kinesis PutRecords to {self._stream} ({config.group})"
         self._client: Any = None
 

@@ -13,7 +13,8 @@ failed invocation ends the batch (``consumers.targets.outcomes``).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -38,12 +39,20 @@ _RETRYABLE_CODES = frozenset({"ResourceConflictException"})
 
 
 class LambdaTarget:
+    @dataclass(frozen=True)
+    class Settings:
+        function_arn: str
+
+        @classmethod
+        def parse(cls, options: Mapping[str, Any], where: str) -> LambdaTarget.Settings:
+            return cls(options["functionArn"])
+
     kinds = frozenset({INTERACTION})
 
     def __init__(self, config: TargetConfig, context: TargetContext) -> None:
         self.name = config.name
         self._config = config
-        self._function: str = config.options["functionArn"]
+        self._function = self.Settings.parse(config.options, config.group).function_arn
         self._what = f"lambda Invoke {self._function} ({config.group})"
         self._client: Any = None
 

@@ -1,12 +1,17 @@
 """Per-record outcomes of one batch sent in several calls, with the ordering rule applied.
 
-Shared by the targets that send a batch in chunks (kinesis-stream, kinesis-firehose, http,
-lambda). Besides the rule of ``consumers.base`` (once a record fails with *retry*, its partition
+The one ordering mechanism of every target that sends a batch in several calls (kinesis-stream,
+kinesis-firehose, http, lambda, personalize-event-tracker, evidently). Besides the rule of ``consumers.base`` (once a record fails with *retry*, its partition
 key's later records are not sent and are ``Deferred``), one more: a failed *call* is about the
 destination, not about its records, so it ends the batch. After a retryable one (throttled,
 unreachable, timing out) the records not yet sent are ``Deferred`` — they were never tried, so
 the runner counts no attempt for them, and the destination is not hit again at once. After a
 missing or forbidden destination, every record not yet sent fails with that error too.
+
+A target whose calls are independent per partition key (personalize-event-tracker's lanes)
+passes ``retry_ends_batch=False``: a retryable call then holds only its records' keys. Lanes of
+distinct keys may share one ``Outcomes`` from several threads: each touches only its own
+records and keys, and ending the batch is one assignment.
 """
 
 from __future__ import annotations
@@ -46,11 +51,15 @@ class Outcomes:
         if isinstance(error, RetryableError):
             self._held.setdefault(self._keys[index], index)
 
-    def fail_call(self, indices: Iterable[int], error: P13nError) -> None:
+    def fail_call(
+        self, indices: Iterable[int], error: P13nError, *, retry_ends_batch: bool = True
+    ) -> None:
         """A whole call failed: its records take ``error``, and it may end the batch."""
         for index in indices:
             self.fail(index, error)
         if isinstance(error, RetryableError):
+            if not retry_ends_batch:
+                return
             self._ended = Deferred(f"not sent after a failed call: {error.message}")
         elif isinstance(error, DESTINATION_ERRORS):
             self._ended = error

@@ -27,19 +27,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumers.base import Deferred, Delivery, Failures
+from consumers.base import Delivery, Failures
 from consumers.ratelimit import CallQuota
 from consumers.targets import TargetContext
+from consumers.targets.jsonshape import event
+from consumers.targets.outcomes import DESTINATION_ERRORS, Outcomes
 from consumers.targets.personalize_wire import PutEventsClient, epoch_seconds
 from schemas.codec import INTERACTION
 from schemas.config import TargetConfig
-from schemas.errors import Forbidden, NotFound, P13nError, RetryableError, Unavailable
-from schemas.records import event_id
+from schemas.errors import P13nError, RetryableError, Unavailable
 
 MAX_EVENTS_PER_CALL = 10  # PutEvents' eventList limit
 LANE_WORKERS = 8
-# Errors about the call as a whole (the tracker, the credentials), never about one record.
-_CALL_LEVEL = (NotFound, Forbidden)
 
 
 @dataclass
@@ -55,20 +54,24 @@ class _Call:
         return sum(len(events) for _, events in self.pieces)
 
 
-class _Abort:
-    """Set once by a lane that met a call-level error; the other lanes stop calling."""
-
-    error: P13nError | None = None
-
-
 class PersonalizeTarget:
+    @dataclass(frozen=True)
+    class Settings:
+        tracking_id: str
+        max_calls_per_second: float | None = None
+
+        @classmethod
+        def parse(cls, options: Mapping[str, Any], where: str) -> PersonalizeTarget.Settings:
+            return cls(options["trackingId"], options.get("maxCallsPerSecond"))
+
     kinds = frozenset({INTERACTION})
 
     def __init__(self, config: TargetConfig, context: TargetContext) -> None:
         self.name = config.name
         self._config = config
-        self._tracking_id: str = config.options["trackingId"]
-        self._rate: float | None = config.options.get("maxCallsPerSecond")
+        settings = self.Settings.parse(config.options, config.group)
+        self._tracking_id = settings.tracking_id
+        self._rate = settings.max_calls_per_second
         self._what = f"personalize PutEvents ({config.group})"
         self._client: PutEventsClient | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -87,15 +90,16 @@ class PersonalizeTarget:
         for index, delivery in enumerate(batch):
             if delivery.kind == INTERACTION and delivery.fields.get("eventList"):
                 lanes.setdefault(delivery.record.partition_key, []).append(index)
-        abort = _Abort()
+        # One Outcomes for every lane: a retried call holds its key's later records back, and a
+        # missing tracker or permission (DESTINATION_ERRORS) stops every lane.
+        outcomes = Outcomes(batch)
         futures = [
-            self._pool.submit(self._deliver_lane, _pack(batch, indices), abort)
+            self._pool.submit(self._deliver_lane, _pack(batch, indices), outcomes)
             for indices in lanes.values()
         ]
-        failures: dict[int, P13nError] = {}
         for future in futures:
-            failures.update(future.result())
-        return failures
+            future.result()
+        return outcomes.failures
 
     def close(self) -> None:
         if self._pool is not None:
@@ -105,38 +109,24 @@ class PersonalizeTarget:
             self._client.close()
             self._client = None
 
-    def _deliver_lane(self, calls: list[_Call], abort: _Abort) -> dict[int, P13nError]:
-        """One partition key's calls, strictly in order; returns its records' failures."""
-        failures: dict[int, P13nError] = {}
+    def _deliver_lane(self, calls: list[_Call], outcomes: Outcomes) -> None:
+        """One partition key's calls, strictly in order; their outcomes go to ``outcomes``."""
         queue = deque(calls)
         while queue:
             call = queue.popleft()
-            call.pieces = [(i, events) for i, events in call.pieces if i not in failures]
+            call.pieces = [(i, events) for i, events in call.pieces if outcomes.sendable(i)]
             if not call.pieces:
-                continue  # every record in it already failed for good
-            error = abort.error or self._put(call)
+                continue  # every record in it failed already, waits, or the batch ended
+            error = self._put(call)
             if error is None:
                 continue
-            records = [i for i, _ in call.pieces]
-            if isinstance(error, RetryableError):
-                failures.update(dict.fromkeys(records, error))
-                waiting = Deferred(f"waiting for batch record {records[0]}: {error.message}")
-                for later in queue:
-                    for i, _ in later.pieces:
-                        failures.setdefault(i, waiting)
-                break
-            if isinstance(error, _CALL_LEVEL):
-                abort.error = error
-                for i in [*records, *(i for later in queue for i, _ in later.pieces)]:
-                    failures.setdefault(i, error)
-                break
-            if len(set(records)) == 1:
-                failures[records[0]] = error
+            records = list(dict.fromkeys(i for i, _ in call.pieces))
+            if isinstance(error, (RetryableError, *DESTINATION_ERRORS)) or len(records) == 1:
+                outcomes.fail_call(records, error, retry_ends_batch=False)
                 continue
             # Invalid input somewhere in a packed call: send each record alone to find it.
             alone = [_Call(call.session_id, call.user_id, [piece]) for piece in call.pieces]
             queue.extendleft(reversed(alone))
-        return failures
 
     def _put(self, call: _Call) -> P13nError | None:
         if self._client is None:
@@ -162,7 +152,10 @@ def _pack(batch: Sequence[Delivery], indices: list[int]) -> list[_Call]:
     for index in indices:
         record = batch[index].fields
         session_id, user_id = record["sessionId"], record.get("userId")
-        events = [_event(record, n, event) for n, event in enumerate(record["eventList"])]
+        events = [
+            event(record, n, fields, sent_at=epoch_seconds)
+            for n, fields in enumerate(record["eventList"])
+        ]
         for start in range(0, len(events), MAX_EVENTS_PER_CALL):
             chunk = events[start : start + MAX_EVENTS_PER_CALL]
             last = calls[-1] if calls else None
@@ -175,19 +168,3 @@ def _pack(batch: Sequence[Delivery], indices: list[int]) -> list[_Call]:
                 calls.append(last)
             last.pieces.append((index, chunk))
     return calls
-
-
-def _event(record: Mapping[str, Any], index: int, event: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "eventId": event_id(record, index),
-        "eventType": event["eventType"],
-        "sentAt": epoch_seconds(event["sentAt"]),
-    }
-    for key in ("eventValue", "itemId", "properties", "recommendationId"):
-        if event.get(key) is not None:
-            out[key] = event[key]
-    if event.get("impression"):
-        out["impression"] = list(event["impression"])
-    if event.get("metricAttribution") is not None:
-        out["metricAttribution"] = dict(event["metricAttribution"])
-    return out

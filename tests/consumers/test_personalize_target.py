@@ -15,11 +15,13 @@ import os
 import random
 import re
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 import botocore.session
 import pytest
@@ -33,7 +35,12 @@ from aws.errors import translate
 from consumers.base import Deferred, Delivery
 from consumers.targets import TargetContext, build_target
 from consumers.targets.personalize import PersonalizeTarget
-from consumers.targets.personalize_wire import PutEventsClient, epoch_seconds, error_for
+from consumers.targets.personalize_wire import (
+    PutEventsClient,
+    epoch_seconds,
+    error_for,
+    host_header,
+)
 from schemas.codec import INTERACTION, Codec
 from schemas.config import TargetConfig, default_document, load_config
 from schemas.errors import (
@@ -675,3 +682,37 @@ def test_the_fake_answers_recommendations_and_rankings_through_boto3(
         runtime.get_recommendations(campaignArn=default + "-gone", userId="u1")
     assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
     assert fake_personalize.call_count("GetRecommendations") == 4
+
+
+def test_event_value_goes_out_as_the_client_wrote_it_not_widened_from_float32(
+    fake_personalize: FakePersonalize, make_target: Callable[..., PersonalizeTarget]
+) -> None:
+    # GIVEN an eventValue as the Avro float field hands it back: 4.99 widened from 32 bits
+    widened = struct.unpack("<f", struct.pack("<f", 4.99))[0]
+    assert widened != 4.99
+    fields = record("s1", [event("e-1", eventValue=widened)], user="u1")
+
+    # WHEN it is delivered
+    assert make_target().deliver(deliveries([fields])) == {}
+
+    # THEN Personalize gets 4.99, as the sample-json targets write it
+    assert [e.event["eventValue"] for e in fake_personalize.events()] == [4.99]
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("http://127.0.0.1:8080/events", "127.0.0.1:8080"),
+        (
+            "https://Personalize-Events.us-east-1.amazonaws.com/",
+            "personalize-events.us-east-1.amazonaws.com",
+        ),
+        ("https://h.example:443/", "h.example"),
+        ("http://h.example:80/", "h.example"),
+        ("https://h.example:80/", "h.example:80"),
+        ("http://[::1]:9000/events", "[::1]:9000"),
+        ("https://user:pw@Host.Example:8443/p", "host.example:8443"),
+    ],
+)
+def test_the_signed_host_is_the_one_botocore_signs(url: str, host: str) -> None:
+    assert host_header(urlsplit(url)) == host

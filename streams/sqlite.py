@@ -1,0 +1,33 @@
+"""SQLite files of our own: the one way they are opened.
+
+The embedded log, the SQLite checkpoints and the consumers' own stores (interactions,
+experiment metrics) share these settings, so that they behave alike under several readers and
+one writer: autocommit (callers issue ``BEGIN`` themselves), WAL, ``synchronous=FULL`` (a
+committed transaction is on disk), and a busy timeout instead of an immediate "locked" error.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from schemas.errors import Unavailable
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A connection in autocommit mode (we issue BEGIN ourselves), WAL, full sync; the file's
+    directory is created when missing. ``Unavailable`` when it cannot be opened."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    try:
+        conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+    except sqlite3.Error as exc:
+        raise Unavailable(f"cannot open the embedded stream at {path}: {exc}") from exc
+    return conn
