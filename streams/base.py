@@ -15,12 +15,11 @@ Backends: the embedded SQLite log (``streams.embedded``) and Amazon Kinesis
 ``StreamReader``, built from the config by ``streams.factory``; checkpoints and leases are kept
 by ``streams.checkpoints`` (SQLite) and ``streams.dynamodb_checkpoints``.
 
-Code above this room uses the protocols and values of this module, ``streams.factory``, the
-group-commit ``streams.producer`` and the KPL record format (``streams.aggregation``); it never
-opens a stream backend itself. Two reaches below that line remain: ``consumers.supervisor``
-builds its checkpoint stores and group lock from ``streams.checkpoints`` and
-``streams.dynamodb_checkpoints`` itself, and the consumers' own SQLite stores (experiment
-counts, interactions) open their files with ``streams.embedded.connect``.
+Code above this room uses the protocols and values of this module, ``streams.factory`` (which
+builds readers, writers and checkpoint stores from the config), the group-commit
+``streams.producer``, the KPL record format (``streams.aggregation``), the group lock
+(``streams.checkpoints.GroupLock``) and the one way SQLite files are opened
+(``streams.sqlite``); it never opens a stream backend itself.
 """
 
 from __future__ import annotations
