@@ -13,8 +13,8 @@ Two layouts (``layout``), so a migration from the sample project reads its table
 
 A lookup asks BatchGetItem for at most ``BATCH`` (100) keys per call, all chunks in parallel in
 worker threads. Keys DynamoDB answers as ``UnprocessedKeys`` (throttling, the 16 MB response
-limit) are asked again with exponential backoff and full jitter, up to ``MAX_ROUNDS`` calls per
-chunk; keys still unprocessed then raise ``Throttled`` — a partial answer would silently leave
+limit) are asked again with exponential backoff and full jitter (tenacity), up to ``MAX_ROUNDS``
+calls per chunk; keys still unprocessed then raise ``Throttled`` — a partial answer would silently leave
 items undecorated. Other failures are translated by ``aws.errors.translate`` (a missing table
 is ``NotFound``). The client is built on first use with ``region``/``endpointUrl`` from the
 settings (else the standard AWS resolution) and botocore's adaptive retry mode.
@@ -25,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from schemas.errors import Throttled
 
@@ -61,8 +62,26 @@ LAYOUTS: Mapping[str, Layout] = {
 DEFAULT_LAYOUT = "sample"
 BATCH = 100  # BatchGetItem takes at most 100 keys
 MAX_ROUNDS = 6
-BACKOFF_BASE = 0.05
-BACKOFF_CAP = 1.0
+BACKOFF_BASE = 0.05  # the n-th retry waits up to BACKOFF_BASE * 2**n seconds ...
+BACKOFF_CAP = 1.0  # ... and never more than this
+
+
+class _Unprocessed(Throttled):
+    """Keys or items DynamoDB left unprocessed: the one failure a batch call retries itself
+    (botocore's adaptive mode already retried the others)."""
+
+
+def _rounds(sleep: Callable[[float], None]) -> Retrying:
+    """Up to ``MAX_ROUNDS`` calls, exponential backoff with full jitter between them; the
+    last ``_Unprocessed`` is raised as it is."""
+    return Retrying(
+        retry=retry_if_exception_type(_Unprocessed),
+        stop=stop_after_attempt(MAX_ROUNDS),
+        # tenacity counts the first retry as attempt 1: 2 * BASE * 2**(n-1) == BASE * 2**n
+        wait=wait_random_exponential(multiplier=2 * BACKOFF_BASE, max=BACKOFF_CAP),
+        sleep=sleep,
+        reraise=True,
+    )
 
 
 def layout_of(settings: Mapping[str, Any]) -> Layout:
@@ -154,9 +173,9 @@ class DynamoDbMetadata:
         layout = self._layout
         request: dict[str, Any] = {table: {"Keys": [{layout.key: {"S": i}} for i in item_ids]}}
         found: dict[str, Any] = {}
-        for round_ in range(MAX_ROUNDS):
-            if round_:
-                self._sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**round_)))
+
+        def call() -> None:
+            nonlocal request
             try:
                 answer = dynamodb.batch_get_item(RequestItems=request)
             except (BotoCoreError, ClientError, OSError) as exc:
@@ -167,15 +186,17 @@ class DynamoDbMetadata:
                 if isinstance(item_id, str):
                     found[item_id] = plain(layout.metadata(attributes))
             request = answer.get("UnprocessedKeys") or {}
-            if not request.get(table, {}).get("Keys"):
-                return found
-        left = len(request[table]["Keys"])
-        raise Throttled(
-            f"dynamodb BatchGetItem {table}: {left} key(s) still unprocessed after "
-            f"{MAX_ROUNDS} calls",
-            code="UnprocessedKeys",
-            type_="DynamoDB",
-        )
+            left = len(request.get(table, {}).get("Keys") or ())
+            if left:
+                raise _Unprocessed(
+                    f"dynamodb BatchGetItem {table}: {left} key(s) still unprocessed after "
+                    f"{MAX_ROUNDS} calls",
+                    code="UnprocessedKeys",
+                    type_="DynamoDB",
+                )
+
+        _rounds(self._sleep)(call)
+        return found
 
 
 WRITE_BATCH = 25  # BatchWriteItem takes at most 25 requests
@@ -245,19 +266,20 @@ def _batch_write(
     from aws.errors import translate
 
     request: dict[str, Any] = {table: requests}
-    for round_ in range(MAX_ROUNDS):
-        if round_:
-            sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**round_)))
+
+    def call() -> None:
+        nonlocal request
         try:
             answer = dynamodb.batch_write_item(RequestItems=request)
         except (BotoCoreError, ClientError, OSError) as exc:
             raise translate(exc, f"dynamodb BatchWriteItem {table}") from exc
         request = answer.get("UnprocessedItems") or {}
-        if not request.get(table):
-            return
-    raise Throttled(
-        f"dynamodb BatchWriteItem {table}: {len(request[table])} item(s) still unprocessed "
-        f"after {MAX_ROUNDS} calls",
-        code="UnprocessedItems",
-        type_="DynamoDB",
-    )
+        if request.get(table):
+            raise _Unprocessed(
+                f"dynamodb BatchWriteItem {table}: {len(request[table])} item(s) still "
+                f"unprocessed after {MAX_ROUNDS} calls",
+                code="UnprocessedItems",
+                type_="DynamoDB",
+            )
+
+    _rounds(sleep)(call)
