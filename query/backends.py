@@ -8,16 +8,14 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from query.base import ItemMetadata, Resolver
 from query.metadata import MetadataContext, build_metadata
+from query.planning import Plan, PlanKey
 from query.postprocess import PostProcessor
 from query.resolvers import ResolverContext, build_resolver
 from schemas.config import Config, Namespace, Recommender, Variation
-
-if TYPE_CHECKING:
-    from query.planning import Plan
 
 log = logging.getLogger("p13n.query")
 
@@ -31,7 +29,7 @@ class Backends:
         self.metadata: dict[str, ItemMetadata | None] = {}
         self.metadata_by_object: dict[int, tuple[Mapping[str, Any], ItemMetadata | None]] = {}
         self.post_processors: dict[tuple[str, str, str], PostProcessor] = {}
-        self.plans: dict[tuple[str, str, bytes], Plan] = {}
+        self.plans: dict[PlanKey, Plan] = {}
 
     def resolver(self, ns: Namespace, rec: Recommender, variation: Variation) -> Resolver:
         key = (ns.key, rec.action, rec.name, variation.name)

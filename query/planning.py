@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from query import params as query_params
-from query.backends import Backends
 from query.base import Query
 from query.caching import Policy, url_tag
 from query.exchange import Request
@@ -38,16 +37,19 @@ class Plan:
     url_tag: str  # what binds this URL's ETags to it
 
 
-def plan(backends: Backends, request: Request) -> Plan:
-    """The request's plan: remembered for a cacheable GET with its query string, else made
-    anew."""
+PlanKey = tuple[str, str, bytes]  # action, URL path, query string
+
+
+def plan(config: Config, memo: dict[PlanKey, Plan], request: Request) -> Plan:
+    """The request's plan: remembered in ``memo`` (the config's) for a cacheable GET with its
+    query string, else made anew."""
     key = None
     if request.query_string is not None and request.body is None:
         key = (request.action, request.url_path, request.query_string)
-        known = backends.plans.get(key)
+        known = memo.get(key)
         if known is not None:
             return known
-    ns, rec = recommender(backends.config, request)
+    ns, rec = recommender(config, request)
     query = query_params.parse(
         request.action,
         ns.key,
@@ -66,9 +68,9 @@ def plan(backends: Backends, request: Request) -> Plan:
     # Only a cacheable answer is asked for again cheaply enough for the plan to matter; the
     # plans of uncached misses (a user each) would only pile up for the collector.
     if key is not None and policy.cacheable:
-        if len(backends.plans) >= PLAN_MEMO_SIZE:
-            backends.plans.clear()
-        backends.plans[key] = made
+        if len(memo) >= PLAN_MEMO_SIZE:
+            memo.clear()
+        memo[key] = made
     return made
 
 

@@ -87,7 +87,7 @@ class QueryService:
 
     async def serve(self, request: Request) -> Answer:
         built = self._current()
-        made = plan(built, request)
+        made = plan(built.config, built.plans, request)
         policy = made.policy
         now = self._clock()
         rules = made.choice.variation.auto_context
