@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from schemas.errors import Throttled
+from query.settings import optional_text
+from schemas.errors import ConfigError, Throttled
 
 if TYPE_CHECKING:
     from query.metadata import MetadataContext
@@ -84,13 +85,40 @@ def _rounds(sleep: Callable[[float], None]) -> Retrying:
     )
 
 
+@dataclass(frozen=True)
+class DynamoDbSettings:
+    """A ``dynamodb`` store's own settings (an ``inferenceItemMetadata`` object)."""
+
+    layout: Layout
+    table_name: str | None  # None: the layout's default for each namespace
+    region: str | None
+    endpoint_url: str | None
+
+    @classmethod
+    def parse(cls, settings: Mapping[str, Any]) -> DynamoDbSettings:
+        where = "inferenceItemMetadata (dynamodb)"
+        name = optional_text(settings, "layout", where) or DEFAULT_LAYOUT
+        if name not in LAYOUTS:
+            raise ConfigError(f"{where}: layout must be one of {', '.join(sorted(LAYOUTS))}")
+        return cls(
+            LAYOUTS[name],
+            optional_text(settings, "tableName", where),
+            optional_text(settings, "region", where),
+            optional_text(settings, "endpointUrl", where),
+        )
+
+    def table(self, namespace: str) -> str:
+        """The table holding ``namespace``'s items."""
+        return self.table_name or self.layout.table.format(namespace=namespace)
+
+
 def layout_of(settings: Mapping[str, Any]) -> Layout:
-    return LAYOUTS[str(settings.get("layout") or DEFAULT_LAYOUT)]
+    return DynamoDbSettings.parse(settings).layout
 
 
 def table_for(settings: Mapping[str, Any], namespace: str) -> str:
     """The table holding ``namespace``'s items under these settings."""
-    return str(settings.get("tableName") or layout_of(settings).table.format(namespace=namespace))
+    return DynamoDbSettings.parse(settings).table(namespace)
 
 
 def plain(value: Any) -> Any:
@@ -120,8 +148,8 @@ class DynamoDbMetadata:
         *,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._settings = settings
-        self._layout = layout_of(settings)
+        self._settings = DynamoDbSettings.parse(settings)
+        self._layout = self._settings.layout
         self._sleep = sleep
         self._client: Any = None
         self._lock = threading.Lock()
@@ -130,7 +158,7 @@ class DynamoDbMetadata:
         wanted = list(dict.fromkeys(item_ids))  # BatchGetItem rejects duplicate keys
         if not wanted:
             return {}
-        table = table_for(self._settings, namespace)
+        table = self._settings.table(namespace)
         chunks = [wanted[start : start + BATCH] for start in range(0, len(wanted), BATCH)]
         answers = await asyncio.gather(
             *(asyncio.to_thread(self._batch_get, table, chunk) for chunk in chunks)
@@ -153,8 +181,8 @@ class DynamoDbMetadata:
 
                 self._client = client(
                     "dynamodb",
-                    region=self._settings.get("region"),
-                    endpoint_url=self._settings.get("endpointUrl"),
+                    region=self._settings.region,
+                    endpoint_url=self._settings.endpoint_url,
                     max_attempts=3,
                     retry_mode="adaptive",
                     connect_timeout=1.0,
@@ -217,11 +245,10 @@ def write_items(
 
     from aws.clients import client
 
-    table = table_for(settings, namespace)
-    layout = layout_of(settings)
-    dynamodb = client(
-        "dynamodb", region=settings.get("region"), endpoint_url=settings.get("endpointUrl")
-    )
+    typed = DynamoDbSettings.parse(settings)
+    table = typed.table(namespace)
+    layout = typed.layout
+    dynamodb = client("dynamodb", region=typed.region, endpoint_url=typed.endpoint_url)
     serializer = TypeSerializer()
     pending: dict[str, Mapping[str, Any]] = {}  # one batch must not name an id twice
     count = 0

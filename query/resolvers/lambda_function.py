@@ -11,25 +11,42 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from query.base import Query, Recommendations
 from query.resolvers import ResolverContext
 from query.resolvers.remote import Documents, aws_client, boto_error, parse, payload
+from query.settings import optional_text, text
 from schemas.config import Variation
 from schemas.errors import P13nError, UpstreamError
+
+
+@dataclass(frozen=True)
+class LambdaSettings:
+    """A ``lambda`` variation's own settings."""
+
+    arn: str
+    endpoint_url: str | None
+
+    @classmethod
+    def parse(cls, variation: Variation) -> LambdaSettings:
+        where = f"variation '{variation.name}'"
+        options = variation.options
+        return cls(text(options, "arn", where), optional_text(options, "endpointUrl", where))
 
 
 class LambdaResolver:
     def __init__(self, variation: Variation, context: ResolverContext) -> None:
         self.name = variation.name
         self._documents = Documents.of(variation, context)
-        self._arn: str = variation.options["arn"]
+        settings = LambdaSettings.parse(variation)
+        self._arn = settings.arn
         self._what = f"lambda {self._arn}"
         self._lambda = aws_client(
             "lambda",
             region=self._arn.split(":")[3],  # the schema admits only ARNs with a real region
-            endpoint_url=variation.options.get("endpointUrl"),
+            endpoint_url=settings.endpoint_url,
             timeout_ms=variation.timeout_ms,
         )
 

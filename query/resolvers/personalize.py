@@ -38,6 +38,7 @@ from typing import Any
 from query.base import MAX_RESULTS, Query, Recommendations
 from query.resolvers import ResolverContext
 from query.resolvers.remote import aws_client, boto_error, recommendations
+from query.settings import optional_text, text
 from schemas.autocontext import AutoContext
 from schemas.config import Variation
 from schemas.errors import ConfigError, InvalidRequest, P13nError
@@ -62,11 +63,32 @@ class _Filter:
         return not self.user_required or query.user_id is not None
 
 
+@dataclass(frozen=True)
+class PersonalizeSettings:
+    """A ``personalize-campaign`` / ``personalize-recommender`` variation's own settings."""
+
+    arn: str
+    region: str | None  # used when the ARN's region is a placeholder
+    account_id: str | None  # likewise for the account
+    endpoint_url: str | None
+
+    @classmethod
+    def parse(cls, variation: Variation) -> PersonalizeSettings:
+        where = f"variation '{variation.name}'"
+        options = variation.options
+        return cls(
+            text(options, "arn", where),
+            optional_text(options, "region", where),
+            optional_text(options, "accountId", where),
+            optional_text(options, "endpointUrl", where),
+        )
+
+
 class PersonalizeResolver:
     def __init__(self, variation: Variation, context: ResolverContext) -> None:
         self.name = variation.name
-        options = variation.options
-        self._arn: str = options["arn"]
+        settings = PersonalizeSettings.parse(variation)
+        self._arn = settings.arn
         _, partition, _, arn_region, arn_account, resource = self._arn.split(":", 5)
         self._partition = partition
         self._arn_key = "recommenderArn" if resource.startswith("recommender/") else "campaignArn"
@@ -75,11 +97,9 @@ class PersonalizeResolver:
                 f"variation '{variation.name}': Personalize reranks with campaigns only, "
                 f"not with the recommender {self._arn}"
             )
-        self._region: str | None = (
-            arn_region if _REAL_REGION.match(arn_region) else options.get("region")
-        )
+        self._region: str | None = arn_region if _REAL_REGION.match(arn_region) else settings.region
         self._account: str | None = (
-            arn_account if _REAL_ACCOUNT.match(arn_account) else options.get("accountId")
+            arn_account if _REAL_ACCOUNT.match(arn_account) else settings.account_id
         )
         self._filters = tuple(
             _Filter(
@@ -96,7 +116,7 @@ class PersonalizeResolver:
         self._runtime = aws_client(
             "personalize-runtime",
             region=self._region,
-            endpoint_url=options.get("endpointUrl"),
+            endpoint_url=settings.endpoint_url,
             timeout_ms=variation.timeout_ms,
         )
         self._sts = aws_client(

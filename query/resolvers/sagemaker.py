@@ -11,26 +11,48 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 
 from query.base import Query, Recommendations
 from query.resolvers import ResolverContext
 from query.resolvers.remote import Documents, aws_client, boto_error, parse, payload
+from query.settings import optional_text, text
 from schemas.config import Variation
 from schemas.errors import P13nError
 
 JSON = "application/json"
 
 
+@dataclass(frozen=True)
+class SageMakerSettings:
+    """A ``sagemaker`` variation's own settings."""
+
+    endpoint_name: str
+    region: str | None
+    endpoint_url: str | None
+
+    @classmethod
+    def parse(cls, variation: Variation) -> SageMakerSettings:
+        where = f"variation '{variation.name}'"
+        options = variation.options
+        return cls(
+            text(options, "endpointName", where),
+            optional_text(options, "region", where),
+            optional_text(options, "endpointUrl", where),
+        )
+
+
 class SageMakerResolver:
     def __init__(self, variation: Variation, context: ResolverContext) -> None:
         self.name = variation.name
         self._documents = Documents.of(variation, context)
-        self._endpoint: str = variation.options["endpointName"]
+        settings = SageMakerSettings.parse(variation)
+        self._endpoint = settings.endpoint_name
         self._what = f"sagemaker endpoint {self._endpoint}"
         self._runtime = aws_client(
             "sagemaker-runtime",
-            region=variation.options.get("region"),
-            endpoint_url=variation.options.get("endpointUrl"),
+            region=settings.region,
+            endpoint_url=settings.endpoint_url,
             timeout_ms=variation.timeout_ms,
         )
 
