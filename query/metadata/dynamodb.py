@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from query.settings import optional_text
+from query.settings import option, read_settings
 from schemas.errors import ConfigError, Throttled
 
 if TYPE_CHECKING:
@@ -89,23 +89,23 @@ def _rounds(sleep: Callable[[float], None]) -> Retrying:
 class DynamoDbSettings:
     """A ``dynamodb`` store's own settings (an ``inferenceItemMetadata`` object)."""
 
-    layout: Layout
-    table_name: str | None  # None: the layout's default for each namespace
-    region: str | None
-    endpoint_url: str | None
+    layout_name: str | None = option("layout", None)  # None: ``DEFAULT_LAYOUT``
+    table_name: str | None = option("tableName", None)  # None: the layout's, per namespace
+    region: str | None = option("region", None)
+    endpoint_url: str | None = option("endpointUrl", None)
+
+    def __post_init__(self) -> None:
+        if (self.layout_name or DEFAULT_LAYOUT) not in LAYOUTS:
+            known = ", ".join(sorted(LAYOUTS))
+            raise ConfigError(f"inferenceItemMetadata (dynamodb): layout must be one of {known}")
 
     @classmethod
-    def parse(cls, settings: Mapping[str, Any]) -> DynamoDbSettings:
-        where = "inferenceItemMetadata (dynamodb)"
-        name = optional_text(settings, "layout", where) or DEFAULT_LAYOUT
-        if name not in LAYOUTS:
-            raise ConfigError(f"{where}: layout must be one of {', '.join(sorted(LAYOUTS))}")
-        return cls(
-            LAYOUTS[name],
-            optional_text(settings, "tableName", where),
-            optional_text(settings, "region", where),
-            optional_text(settings, "endpointUrl", where),
-        )
+    def of(cls, settings: Mapping[str, Any]) -> DynamoDbSettings:
+        return read_settings(cls, settings, "inferenceItemMetadata (dynamodb)")
+
+    @property
+    def layout(self) -> Layout:
+        return LAYOUTS[self.layout_name or DEFAULT_LAYOUT]
 
     def table(self, namespace: str) -> str:
         """The table holding ``namespace``'s items."""
@@ -113,12 +113,12 @@ class DynamoDbSettings:
 
 
 def layout_of(settings: Mapping[str, Any]) -> Layout:
-    return DynamoDbSettings.parse(settings).layout
+    return DynamoDbSettings.of(settings).layout
 
 
 def table_for(settings: Mapping[str, Any], namespace: str) -> str:
     """The table holding ``namespace``'s items under these settings."""
-    return DynamoDbSettings.parse(settings).table(namespace)
+    return DynamoDbSettings.of(settings).table(namespace)
 
 
 def plain(value: Any) -> Any:
@@ -148,7 +148,7 @@ class DynamoDbMetadata:
         *,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._settings = DynamoDbSettings.parse(settings)
+        self._settings = DynamoDbSettings.of(settings)
         self._layout = self._settings.layout
         self._sleep = sleep
         self._client: Any = None
@@ -245,7 +245,7 @@ def write_items(
 
     from aws.clients import client
 
-    typed = DynamoDbSettings.parse(settings)
+    typed = DynamoDbSettings.of(settings)
     table = typed.table(namespace)
     layout = typed.layout
     dynamodb = client("dynamodb", region=typed.region, endpoint_url=typed.endpoint_url)

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from query.settings import number, optional_text
+from query.settings import option, read_settings
 from schemas.errors import ConfigError, P13nError, Unavailable
 
 if TYPE_CHECKING:
@@ -144,16 +144,8 @@ def read_items(path: str, namespace: str, item_ids: Sequence[str]) -> dict[str, 
 class LocalDbSettings:
     """A ``localdb`` store's own settings (an ``inferenceItemMetadata`` object)."""
 
-    uri: str | None  # None: the data dir's own items database
-    sync_interval: float
-
-    @classmethod
-    def parse(cls, settings: Mapping[str, Any]) -> LocalDbSettings:
-        where = "inferenceItemMetadata (localdb)"
-        return cls(
-            optional_text(settings, "uri", where),
-            number(settings, "syncInterval", DEFAULT_SYNC_INTERVAL, where),
-        )
+    uri: str | None = option("uri", None)  # None: the data dir's own items database
+    sync_interval: float = option("syncInterval", DEFAULT_SYNC_INTERVAL)
 
 
 class LocalDbMetadata:
@@ -167,7 +159,7 @@ class LocalDbMetadata:
         self._stop = threading.Event()
         self._synced = threading.Event()
         self._thread: threading.Thread | None = None
-        typed = LocalDbSettings.parse(settings)
+        typed = read_settings(LocalDbSettings, settings, "inferenceItemMetadata (localdb)")
         uri = typed.uri
         if uri is None:
             self.path = default_path(data_dir)

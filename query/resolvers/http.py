@@ -28,7 +28,7 @@ from query.base import MAX_RESULTS, Query, Recommendations
 from query.resolvers import ResolverContext
 from query.resolvers.http_client import BodyTooLarge, HttpPool
 from query.resolvers.remote import bad_response, parse
-from query.settings import strings, text
+from query.settings import option, read_settings
 from schemas.config import Variation
 from schemas.errors import (
     ConfigError,
@@ -120,14 +120,8 @@ def url_values(query: Query, variation: str) -> dict[str, str | None]:
 class HttpSettings:
     """An ``http`` variation's own settings."""
 
-    url: UrlTemplate
-    headers: Mapping[str, str]
-
-    @classmethod
-    def parse(cls, variation: Variation) -> HttpSettings:
-        where = f"variation '{variation.name}'"
-        options = variation.options
-        return cls(UrlTemplate(text(options, "url", where)), strings(options, "headers", where))
+    url: str = option("url")
+    headers: Mapping[str, str] = option("headers", None)
 
 
 class HttpResolver:
@@ -136,8 +130,8 @@ class HttpResolver:
 
     def __init__(self, variation: Variation, context: ResolverContext) -> None:
         self.name = variation.name
-        settings = HttpSettings.parse(variation)
-        self._url = settings.url
+        settings = read_settings(HttpSettings, variation.options, f"variation '{variation.name}'")
+        self._url = UrlTemplate(settings.url)
         headers = {"accept": "application/json", "user-agent": "p13n"}
         headers.update(settings.headers)
         seconds = variation.timeout_ms / 1000.0

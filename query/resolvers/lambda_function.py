@@ -17,7 +17,7 @@ from typing import Any
 from query.base import Query, Recommendations
 from query.resolvers import ResolverContext
 from query.resolvers.remote import Documents, aws_client, boto_error, parse, payload
-from query.settings import optional_text, text
+from query.settings import option, read_settings
 from schemas.config import Variation
 from schemas.errors import P13nError, UpstreamError
 
@@ -26,21 +26,15 @@ from schemas.errors import P13nError, UpstreamError
 class LambdaSettings:
     """A ``lambda`` variation's own settings."""
 
-    arn: str
-    endpoint_url: str | None
-
-    @classmethod
-    def parse(cls, variation: Variation) -> LambdaSettings:
-        where = f"variation '{variation.name}'"
-        options = variation.options
-        return cls(text(options, "arn", where), optional_text(options, "endpointUrl", where))
+    arn: str = option("arn")
+    endpoint_url: str | None = option("endpointUrl", None)
 
 
 class LambdaResolver:
     def __init__(self, variation: Variation, context: ResolverContext) -> None:
         self.name = variation.name
         self._documents = Documents.of(variation, context)
-        settings = LambdaSettings.parse(variation)
+        settings = read_settings(LambdaSettings, variation.options, f"variation '{variation.name}'")
         self._arn = settings.arn
         self._what = f"lambda {self._arn}"
         self._lambda = aws_client(

@@ -29,7 +29,7 @@ from query.base import Query, Recommendations
 from query.local import LocalRecommender
 from query.metadata.localdb import default_path, read_items
 from query.resolvers import ResolverContext
-from query.settings import number, optional_text
+from query.settings import option, read_settings
 from schemas.config import Variation
 from schemas.errors import Unavailable
 
@@ -46,16 +46,8 @@ STORE = "interactions.db"
 class LocalSettings:
     """A ``local`` variation's own settings."""
 
-    algorithm: str | None  # None: the action's default (``DEFAULTS``)
-    half_life_days: float
-
-    @classmethod
-    def parse(cls, variation: Variation) -> LocalSettings:
-        where = f"variation '{variation.name}'"
-        options = variation.options
-        return cls(
-            optional_text(options, "algorithm", where), number(options, "halfLifeDays", 7.0, where)
-        )
+    algorithm: str | None = option("algorithm", None)  # None: the action's (``DEFAULTS``)
+    half_life_days: float = option("halfLifeDays", 7.0)
 
 
 class LocalResolver:
@@ -63,7 +55,7 @@ class LocalResolver:
 
         self.name = variation.name
         self._action = context.recommender.action
-        settings = LocalSettings.parse(variation)
+        settings = read_settings(LocalSettings, variation.options, f"variation '{variation.name}'")
         self._algorithm = settings.algorithm or DEFAULTS[self._action]
         half_life = settings.half_life_days
         self._items = default_path(context.config.data_dir)

@@ -38,7 +38,7 @@ from typing import Any
 from query.base import MAX_RESULTS, Query, Recommendations
 from query.resolvers import ResolverContext
 from query.resolvers.remote import aws_client, boto_error, recommendations
-from query.settings import optional_text, text
+from query.settings import option, read_settings
 from schemas.autocontext import AutoContext
 from schemas.config import Variation
 from schemas.errors import ConfigError, InvalidRequest, P13nError
@@ -67,27 +67,18 @@ class _Filter:
 class PersonalizeSettings:
     """A ``personalize-campaign`` / ``personalize-recommender`` variation's own settings."""
 
-    arn: str
-    region: str | None  # used when the ARN's region is a placeholder
-    account_id: str | None  # likewise for the account
-    endpoint_url: str | None
-
-    @classmethod
-    def parse(cls, variation: Variation) -> PersonalizeSettings:
-        where = f"variation '{variation.name}'"
-        options = variation.options
-        return cls(
-            text(options, "arn", where),
-            optional_text(options, "region", where),
-            optional_text(options, "accountId", where),
-            optional_text(options, "endpointUrl", where),
-        )
+    arn: str = option("arn")
+    region: str | None = option("region", None)  # when the ARN's region is a placeholder
+    account_id: str | None = option("accountId", None)  # likewise for the account
+    endpoint_url: str | None = option("endpointUrl", None)
 
 
 class PersonalizeResolver:
     def __init__(self, variation: Variation, context: ResolverContext) -> None:
         self.name = variation.name
-        settings = PersonalizeSettings.parse(variation)
+        settings = read_settings(
+            PersonalizeSettings, variation.options, f"variation '{variation.name}'"
+        )
         self._arn = settings.arn
         _, partition, _, arn_region, arn_account, resource = self._arn.split(":", 5)
         self._partition = partition

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from query.base import Query, Recommendations
 from query.resolvers import ResolverContext
 from query.resolvers.remote import Documents, aws_client, boto_error, parse, payload
-from query.settings import optional_text, text
+from query.settings import option, read_settings
 from schemas.config import Variation
 from schemas.errors import P13nError
 
@@ -27,26 +27,18 @@ JSON = "application/json"
 class SageMakerSettings:
     """A ``sagemaker`` variation's own settings."""
 
-    endpoint_name: str
-    region: str | None
-    endpoint_url: str | None
-
-    @classmethod
-    def parse(cls, variation: Variation) -> SageMakerSettings:
-        where = f"variation '{variation.name}'"
-        options = variation.options
-        return cls(
-            text(options, "endpointName", where),
-            optional_text(options, "region", where),
-            optional_text(options, "endpointUrl", where),
-        )
+    endpoint_name: str = option("endpointName")
+    region: str | None = option("region", None)
+    endpoint_url: str | None = option("endpointUrl", None)
 
 
 class SageMakerResolver:
     def __init__(self, variation: Variation, context: ResolverContext) -> None:
         self.name = variation.name
         self._documents = Documents.of(variation, context)
-        settings = SageMakerSettings.parse(variation)
+        settings = read_settings(
+            SageMakerSettings, variation.options, f"variation '{variation.name}'"
+        )
         self._endpoint = settings.endpoint_name
         self._what = f"sagemaker endpoint {self._endpoint}"
         self._runtime = aws_client(
