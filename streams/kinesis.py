@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import threading
 import time
 from collections import deque
@@ -34,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
 
 from aws.errors import from_code, translate
 from schemas.errors import InvalidRequest, P13nError, PayloadTooLarge, RetryableError, Unavailable
@@ -50,8 +50,8 @@ MAX_CALL_BYTES = 5 * 1024 * 1024  # data + partition keys of the whole request
 MAX_RECORD_BYTES = 1024 * 1024
 MAX_KEY_CHARS = 256
 MAX_GET_RECORDS = 10_000
-_BACKOFF_BASE = 0.05
-_BACKOFF_CAP = 1.0
+_BACKOFF_BASE = 0.05  # the n-th failed round in a row waits up to _BACKOFF_BASE * 2**n s ...
+_BACKOFF_CAP = 1.0  # ... and never more than this
 _AWS_ERRORS = (ClientError, BotoCoreError)
 
 
@@ -194,43 +194,21 @@ class KinesisWriter:
         if not entries:
             return [], WriteStats()
         self._validate(entries)
-        deadline = time.monotonic() + self._deadline
-        written: list[Written | None] = [None] * len(entries)
-        pending = list(range(len(entries)))
-        records = size = calls = failed_rounds = 0
-        while pending:
-            error: P13nError | None = None
-            try:
-                calls += 1
-                outcomes, stats = self.attempt([entries[i] for i in pending])
-            except P13nError as exc:
-                error = exc
-            else:
-                records += stats.stream_records
-                size += stats.stream_bytes
-                still: list[int] = []
-                for index, outcome in zip(pending, outcomes, strict=True):
-                    if isinstance(outcome, Written):
-                        written[index] = outcome
-                        continue
-                    still.append(index)
-                    # a permanent failure wins over a retryable one
-                    if isinstance(outcome, P13nError) and (
-                        error is None or isinstance(error, RetryableError)
-                    ):
-                        error = outcome
-                pending = still
-            if error is None:
-                failed_rounds = 0
-                continue
-            if not isinstance(error, RetryableError):
-                raise error
-            failed_rounds += 1
-            wait = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**failed_rounds))
-            if time.monotonic() + wait >= deadline:
-                raise error
-            time.sleep(wait)
-        return [w for w in written if w is not None], WriteStats(records, size, calls)
+        batch = _Batch(self, entries)
+        retrying = Retrying(
+            retry=retry_if_exception_type(RetryableError),
+            stop=_Before(time.monotonic() + self._deadline),
+            # tenacity counts the first retry as attempt 1: 2 * BASE * 2**(n-1) == BASE * 2**n
+            wait=wait_random_exponential(multiplier=2 * _BACKOFF_BASE, max=_BACKOFF_CAP),
+            reraise=True,
+        )
+        while batch.pending:
+            # A fresh run of attempts after each clean round: backoff grows only over failed
+            # rounds in a row, while the deadline holds for the whole batch.
+            for attempt in retrying:
+                with attempt:
+                    batch.round()
+        return batch.result()
 
     def check(self) -> None:
         try:
@@ -334,6 +312,53 @@ class KinesisWriter:
             "Data": aggregate.data,
         }
         return _Slot(shard_id, indices[: aggregate.count], record, aggregate.size)
+
+
+class _Before:
+    """tenacity stop: give up when the next wait would end at or after ``deadline``."""
+
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+
+    def __call__(self, state: RetryCallState) -> bool:
+        return time.monotonic() + state.upcoming_sleep >= self._deadline
+
+
+class _Batch:
+    """The entries of one ``put_batch`` call and what has become of them."""
+
+    def __init__(self, writer: KinesisWriter, entries: Sequence[Entry]) -> None:
+        self._writer = writer
+        self._entries = entries
+        self._written: list[Written | None] = [None] * len(entries)
+        self.pending = list(range(len(entries)))
+        self._records = self._size = self._calls = 0
+
+    def round(self) -> None:
+        """One call for the pending entries; raises the round's error, a permanent failure
+        of an entry before a retryable one. Entries written stay written."""
+        self._calls += 1
+        outcomes, stats = self._writer.attempt([self._entries[i] for i in self.pending])
+        self._records += stats.stream_records
+        self._size += stats.stream_bytes
+        error: P13nError | None = None
+        still: list[int] = []
+        for index, outcome in zip(self.pending, outcomes, strict=True):
+            if isinstance(outcome, Written):
+                self._written[index] = outcome
+                continue
+            still.append(index)
+            if isinstance(outcome, P13nError) and (
+                error is None or isinstance(error, RetryableError)
+            ):
+                error = outcome
+        self.pending = still
+        if error is not None:
+            raise error
+
+    def result(self) -> tuple[list[Written], WriteStats]:
+        written = [w for w in self._written if w is not None]
+        return written, WriteStats(self._records, self._size, self._calls)
 
 
 class KinesisReader:

@@ -13,8 +13,8 @@ Two layouts (``layout``), so a migration from the sample project reads its table
 
 A lookup asks BatchGetItem for at most ``BATCH`` (100) keys per call, all chunks in parallel in
 worker threads. Keys DynamoDB answers as ``UnprocessedKeys`` (throttling, the 16 MB response
-limit) are asked again with exponential backoff and full jitter, up to ``MAX_ROUNDS`` calls per
-chunk; keys still unprocessed then raise ``Throttled`` — a partial answer would silently leave
+limit) are asked again with exponential backoff and full jitter (tenacity), up to ``MAX_ROUNDS``
+calls per chunk; keys still unprocessed then raise ``Throttled`` — a partial answer would silently leave
 items undecorated. Other failures are translated by ``aws.errors.translate`` (a missing table
 is ``NotFound``). The client is built on first use with ``region``/``endpointUrl`` from the
 settings (else the standard AWS resolution) and botocore's adaptive retry mode.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,7 +32,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from schemas.errors import Throttled
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from query.settings import option, read_settings
+from schemas.errors import ConfigError, Throttled
 
 if TYPE_CHECKING:
     from query.metadata import MetadataContext
@@ -61,17 +63,62 @@ LAYOUTS: Mapping[str, Layout] = {
 DEFAULT_LAYOUT = "sample"
 BATCH = 100  # BatchGetItem takes at most 100 keys
 MAX_ROUNDS = 6
-BACKOFF_BASE = 0.05
-BACKOFF_CAP = 1.0
+BACKOFF_BASE = 0.05  # the n-th retry waits up to BACKOFF_BASE * 2**n seconds ...
+BACKOFF_CAP = 1.0  # ... and never more than this
+
+
+class _Unprocessed(Throttled):
+    """Keys or items DynamoDB left unprocessed: the one failure a batch call retries itself
+    (botocore's adaptive mode already retried the others)."""
+
+
+def _rounds(sleep: Callable[[float], None]) -> Retrying:
+    """Up to ``MAX_ROUNDS`` calls, exponential backoff with full jitter between them; the
+    last ``_Unprocessed`` is raised as it is."""
+    return Retrying(
+        retry=retry_if_exception_type(_Unprocessed),
+        stop=stop_after_attempt(MAX_ROUNDS),
+        # tenacity counts the first retry as attempt 1: 2 * BASE * 2**(n-1) == BASE * 2**n
+        wait=wait_random_exponential(multiplier=2 * BACKOFF_BASE, max=BACKOFF_CAP),
+        sleep=sleep,
+        reraise=True,
+    )
+
+
+@dataclass(frozen=True)
+class DynamoDbSettings:
+    """A ``dynamodb`` store's own settings (an ``inferenceItemMetadata`` object)."""
+
+    layout_name: str | None = option("layout", None)  # None: ``DEFAULT_LAYOUT``
+    table_name: str | None = option("tableName", None)  # None: the layout's, per namespace
+    region: str | None = option("region", None)
+    endpoint_url: str | None = option("endpointUrl", None)
+
+    def __post_init__(self) -> None:
+        if (self.layout_name or DEFAULT_LAYOUT) not in LAYOUTS:
+            known = ", ".join(sorted(LAYOUTS))
+            raise ConfigError(f"inferenceItemMetadata (dynamodb): layout must be one of {known}")
+
+    @classmethod
+    def of(cls, settings: Mapping[str, Any]) -> DynamoDbSettings:
+        return read_settings(cls, settings, "inferenceItemMetadata (dynamodb)")
+
+    @property
+    def layout(self) -> Layout:
+        return LAYOUTS[self.layout_name or DEFAULT_LAYOUT]
+
+    def table(self, namespace: str) -> str:
+        """The table holding ``namespace``'s items."""
+        return self.table_name or self.layout.table.format(namespace=namespace)
 
 
 def layout_of(settings: Mapping[str, Any]) -> Layout:
-    return LAYOUTS[str(settings.get("layout") or DEFAULT_LAYOUT)]
+    return DynamoDbSettings.of(settings).layout
 
 
 def table_for(settings: Mapping[str, Any], namespace: str) -> str:
     """The table holding ``namespace``'s items under these settings."""
-    return str(settings.get("tableName") or layout_of(settings).table.format(namespace=namespace))
+    return DynamoDbSettings.of(settings).table(namespace)
 
 
 def plain(value: Any) -> Any:
@@ -101,8 +148,8 @@ class DynamoDbMetadata:
         *,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._settings = settings
-        self._layout = layout_of(settings)
+        self._settings = DynamoDbSettings.of(settings)
+        self._layout = self._settings.layout
         self._sleep = sleep
         self._client: Any = None
         self._lock = threading.Lock()
@@ -111,7 +158,7 @@ class DynamoDbMetadata:
         wanted = list(dict.fromkeys(item_ids))  # BatchGetItem rejects duplicate keys
         if not wanted:
             return {}
-        table = table_for(self._settings, namespace)
+        table = self._settings.table(namespace)
         chunks = [wanted[start : start + BATCH] for start in range(0, len(wanted), BATCH)]
         answers = await asyncio.gather(
             *(asyncio.to_thread(self._batch_get, table, chunk) for chunk in chunks)
@@ -134,8 +181,8 @@ class DynamoDbMetadata:
 
                 self._client = client(
                     "dynamodb",
-                    region=self._settings.get("region"),
-                    endpoint_url=self._settings.get("endpointUrl"),
+                    region=self._settings.region,
+                    endpoint_url=self._settings.endpoint_url,
                     max_attempts=3,
                     retry_mode="adaptive",
                     connect_timeout=1.0,
@@ -154,9 +201,9 @@ class DynamoDbMetadata:
         layout = self._layout
         request: dict[str, Any] = {table: {"Keys": [{layout.key: {"S": i}} for i in item_ids]}}
         found: dict[str, Any] = {}
-        for round_ in range(MAX_ROUNDS):
-            if round_:
-                self._sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**round_)))
+
+        def call() -> None:
+            nonlocal request
             try:
                 answer = dynamodb.batch_get_item(RequestItems=request)
             except (BotoCoreError, ClientError, OSError) as exc:
@@ -167,15 +214,17 @@ class DynamoDbMetadata:
                 if isinstance(item_id, str):
                     found[item_id] = plain(layout.metadata(attributes))
             request = answer.get("UnprocessedKeys") or {}
-            if not request.get(table, {}).get("Keys"):
-                return found
-        left = len(request[table]["Keys"])
-        raise Throttled(
-            f"dynamodb BatchGetItem {table}: {left} key(s) still unprocessed after "
-            f"{MAX_ROUNDS} calls",
-            code="UnprocessedKeys",
-            type_="DynamoDB",
-        )
+            left = len(request.get(table, {}).get("Keys") or ())
+            if left:
+                raise _Unprocessed(
+                    f"dynamodb BatchGetItem {table}: {left} key(s) still unprocessed after "
+                    f"{MAX_ROUNDS} calls",
+                    code="UnprocessedKeys",
+                    type_="DynamoDB",
+                )
+
+        _rounds(self._sleep)(call)
+        return found
 
 
 WRITE_BATCH = 25  # BatchWriteItem takes at most 25 requests
@@ -196,11 +245,10 @@ def write_items(
 
     from aws.clients import client
 
-    table = table_for(settings, namespace)
-    layout = layout_of(settings)
-    dynamodb = client(
-        "dynamodb", region=settings.get("region"), endpoint_url=settings.get("endpointUrl")
-    )
+    typed = DynamoDbSettings.of(settings)
+    table = typed.table(namespace)
+    layout = typed.layout
+    dynamodb = client("dynamodb", region=typed.region, endpoint_url=typed.endpoint_url)
     serializer = TypeSerializer()
     pending: dict[str, Mapping[str, Any]] = {}  # one batch must not name an id twice
     count = 0
@@ -245,19 +293,20 @@ def _batch_write(
     from aws.errors import translate
 
     request: dict[str, Any] = {table: requests}
-    for round_ in range(MAX_ROUNDS):
-        if round_:
-            sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**round_)))
+
+    def call() -> None:
+        nonlocal request
         try:
             answer = dynamodb.batch_write_item(RequestItems=request)
         except (BotoCoreError, ClientError, OSError) as exc:
             raise translate(exc, f"dynamodb BatchWriteItem {table}") from exc
         request = answer.get("UnprocessedItems") or {}
-        if not request.get(table):
-            return
-    raise Throttled(
-        f"dynamodb BatchWriteItem {table}: {len(request[table])} item(s) still unprocessed "
-        f"after {MAX_ROUNDS} calls",
-        code="UnprocessedItems",
-        type_="DynamoDB",
-    )
+        if request.get(table):
+            raise _Unprocessed(
+                f"dynamodb BatchWriteItem {table}: {len(request[table])} item(s) still "
+                f"unprocessed after {MAX_ROUNDS} calls",
+                code="UnprocessedItems",
+                type_="DynamoDB",
+            )
+
+    _rounds(sleep)(call)

@@ -37,8 +37,10 @@ import urllib.parse
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from query.settings import option, read_settings
 from schemas.errors import ConfigError, P13nError, Unavailable
 
 if TYPE_CHECKING:
@@ -138,6 +140,14 @@ def read_items(path: str, namespace: str, item_ids: Sequence[str]) -> dict[str, 
     return found
 
 
+@dataclass(frozen=True)
+class LocalDbSettings:
+    """A ``localdb`` store's own settings (an ``inferenceItemMetadata`` object)."""
+
+    uri: str | None = option("uri", None)  # None: the data dir's own items database
+    sync_interval: float = option("syncInterval", DEFAULT_SYNC_INTERVAL)
+
+
 class LocalDbMetadata:
     """The ``localdb`` item metadata store (see the module docstring)."""
 
@@ -149,14 +159,15 @@ class LocalDbMetadata:
         self._stop = threading.Event()
         self._synced = threading.Event()
         self._thread: threading.Thread | None = None
-        uri = settings.get("uri")
-        if not uri:
+        typed = read_settings(LocalDbSettings, settings, "inferenceItemMetadata (localdb)")
+        uri = typed.uri
+        if uri is None:
             self.path = default_path(data_dir)
             return
         name = hashlib.sha256(uri.encode()).hexdigest()[:16]
         self.path = os.path.join(data_dir, SYNC_FOLDER, f"{name}.db")
         self._source = _source(uri)
-        self._interval = float(settings.get("syncInterval", DEFAULT_SYNC_INTERVAL))
+        self._interval = typed.sync_interval
         # A copy left by an earlier run serves until the first sync has looked for a newer one.
         if os.path.exists(self.path):
             self._synced.set()

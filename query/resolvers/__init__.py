@@ -1,21 +1,22 @@
 """Variation resolvers, one module each; this is the one place their types are registered.
 
 Every resolver class takes ``(variation: Variation, context: ResolverContext)`` and implements
-``query.base.Resolver``. Adding a variation type is one module plus one line in ``REGISTRY``.
+``query.base.Resolver``; it parses ``variation.options`` once into a frozen settings object of
+its own (``query.settings``). Adding a variation type is one module plus one line in
+``REGISTRY`` (a ``query.registry.Registry``).
 Resolvers are built when a config is loaded (never at import time) and closed when it is
 replaced.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from query.base import Resolver
+from query.registry import Registry
 from schemas.config import Config, Namespace, Recommender, Variation
-from schemas.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class ResolverContext:
 
 # type → "module:Class", imported only when a config uses the type. ("function" is loaded as
 # "lambda" by the config model.)
-REGISTRY: Mapping[str, str] = MappingProxyType(
+REGISTRY = Registry(
+    "variation",
     {
         "personalize-campaign": "query.resolvers.personalize:PersonalizeResolver",
         "personalize-recommender": "query.resolvers.personalize:PersonalizeResolver",
@@ -37,7 +39,7 @@ REGISTRY: Mapping[str, str] = MappingProxyType(
         "lambda": "query.resolvers.lambda_function:LambdaResolver",
         "http": "query.resolvers.http:HttpResolver",
         "local": "query.resolvers.local:LocalResolver",
-    }
+    },
 )
 
 
@@ -55,10 +57,7 @@ ERROR_TYPES: Mapping[str, str] = MappingProxyType(
 
 
 def build_resolver(variation: Variation, context: ResolverContext) -> Resolver:
-    where = REGISTRY.get(variation.type)
-    if where is None:
-        raise ConfigError(f"unknown variation type '{variation.type}' ({variation.name})")
-    module_name, class_name = where.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = REGISTRY.load(variation.type, f" ({variation.name})")
+    assert cls is not None  # every variation type has a resolver
     resolver: Resolver = cls(variation, context)
     return resolver

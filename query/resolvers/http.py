@@ -21,12 +21,14 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from query.base import MAX_RESULTS, Query, Recommendations
 from query.resolvers import ResolverContext
 from query.resolvers.http_client import BodyTooLarge, HttpPool
 from query.resolvers.remote import bad_response, parse
+from query.settings import option, read_settings
 from schemas.config import Variation
 from schemas.errors import (
     ConfigError,
@@ -114,15 +116,24 @@ def url_values(query: Query, variation: str) -> dict[str, str | None]:
     }
 
 
+@dataclass(frozen=True)
+class HttpSettings:
+    """An ``http`` variation's own settings."""
+
+    url: str = option("url")
+    headers: Mapping[str, str] = option("headers", None)
+
+
 class HttpResolver:
     """Calls go through one ``HttpPool`` per resolver (keep-alive connections to the template's
     origin), closed with the resolver."""
 
     def __init__(self, variation: Variation, context: ResolverContext) -> None:
         self.name = variation.name
-        self._url = UrlTemplate(variation.options["url"])
+        settings = read_settings(HttpSettings, variation.options, f"variation '{variation.name}'")
+        self._url = UrlTemplate(settings.url)
         headers = {"accept": "application/json", "user-agent": "p13n"}
-        headers.update(dict(variation.options.get("headers") or {}))
+        headers.update(settings.headers)
         seconds = variation.timeout_ms / 1000.0
         try:
             self._pool = HttpPool(

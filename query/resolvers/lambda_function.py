@@ -11,25 +11,36 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from query.base import Query, Recommendations
 from query.resolvers import ResolverContext
 from query.resolvers.remote import Documents, aws_client, boto_error, parse, payload
+from query.settings import option, read_settings
 from schemas.config import Variation
 from schemas.errors import P13nError, UpstreamError
+
+
+@dataclass(frozen=True)
+class LambdaSettings:
+    """A ``lambda`` variation's own settings."""
+
+    arn: str = option("arn")
+    endpoint_url: str | None = option("endpointUrl", None)
 
 
 class LambdaResolver:
     def __init__(self, variation: Variation, context: ResolverContext) -> None:
         self.name = variation.name
         self._documents = Documents.of(variation, context)
-        self._arn: str = variation.options["arn"]
+        settings = read_settings(LambdaSettings, variation.options, f"variation '{variation.name}'")
+        self._arn = settings.arn
         self._what = f"lambda {self._arn}"
         self._lambda = aws_client(
             "lambda",
             region=self._arn.split(":")[3],  # the schema admits only ARNs with a real region
-            endpoint_url=variation.options.get("endpointUrl"),
+            endpoint_url=settings.endpoint_url,
             timeout_ms=variation.timeout_ms,
         )
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import anyio.to_thread
 
@@ -28,6 +29,7 @@ from query.base import Query, Recommendations
 from query.local import LocalRecommender
 from query.metadata.localdb import default_path, read_items
 from query.resolvers import ResolverContext
+from query.settings import option, read_settings
 from schemas.config import Variation
 from schemas.errors import Unavailable
 
@@ -40,13 +42,22 @@ DEFAULTS = {
 STORE = "interactions.db"
 
 
+@dataclass(frozen=True)
+class LocalSettings:
+    """A ``local`` variation's own settings."""
+
+    algorithm: str | None = option("algorithm", None)  # None: the action's (``DEFAULTS``)
+    half_life_days: float = option("halfLifeDays", 7.0)
+
+
 class LocalResolver:
     def __init__(self, variation: Variation, context: ResolverContext) -> None:
 
         self.name = variation.name
         self._action = context.recommender.action
-        self._algorithm = str(variation.options.get("algorithm") or DEFAULTS[self._action])
-        half_life = float(variation.options.get("halfLifeDays", 7.0))
+        settings = read_settings(LocalSettings, variation.options, f"variation '{variation.name}'")
+        self._algorithm = settings.algorithm or DEFAULTS[self._action]
+        half_life = settings.half_life_days
         self._items = default_path(context.config.data_dir)
         self._recommender = LocalRecommender(
             os.path.join(context.config.data_dir, STORE), half_life_days=half_life

@@ -38,6 +38,7 @@ from typing import Any
 from query.base import MAX_RESULTS, Query, Recommendations
 from query.resolvers import ResolverContext
 from query.resolvers.remote import aws_client, boto_error, recommendations
+from query.settings import option, read_settings
 from schemas.autocontext import AutoContext
 from schemas.config import Variation
 from schemas.errors import ConfigError, InvalidRequest, P13nError
@@ -62,11 +63,23 @@ class _Filter:
         return not self.user_required or query.user_id is not None
 
 
+@dataclass(frozen=True)
+class PersonalizeSettings:
+    """A ``personalize-campaign`` / ``personalize-recommender`` variation's own settings."""
+
+    arn: str = option("arn")
+    region: str | None = option("region", None)  # when the ARN's region is a placeholder
+    account_id: str | None = option("accountId", None)  # likewise for the account
+    endpoint_url: str | None = option("endpointUrl", None)
+
+
 class PersonalizeResolver:
     def __init__(self, variation: Variation, context: ResolverContext) -> None:
         self.name = variation.name
-        options = variation.options
-        self._arn: str = options["arn"]
+        settings = read_settings(
+            PersonalizeSettings, variation.options, f"variation '{variation.name}'"
+        )
+        self._arn = settings.arn
         _, partition, _, arn_region, arn_account, resource = self._arn.split(":", 5)
         self._partition = partition
         self._arn_key = "recommenderArn" if resource.startswith("recommender/") else "campaignArn"
@@ -75,11 +88,9 @@ class PersonalizeResolver:
                 f"variation '{variation.name}': Personalize reranks with campaigns only, "
                 f"not with the recommender {self._arn}"
             )
-        self._region: str | None = (
-            arn_region if _REAL_REGION.match(arn_region) else options.get("region")
-        )
+        self._region: str | None = arn_region if _REAL_REGION.match(arn_region) else settings.region
         self._account: str | None = (
-            arn_account if _REAL_ACCOUNT.match(arn_account) else options.get("accountId")
+            arn_account if _REAL_ACCOUNT.match(arn_account) else settings.account_id
         )
         self._filters = tuple(
             _Filter(
@@ -96,7 +107,7 @@ class PersonalizeResolver:
         self._runtime = aws_client(
             "personalize-runtime",
             region=self._region,
-            endpoint_url=options.get("endpointUrl"),
+            endpoint_url=settings.endpoint_url,
             timeout_ms=variation.timeout_ms,
         )
         self._sts = aws_client(

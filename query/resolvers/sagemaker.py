@@ -11,26 +11,40 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 
 from query.base import Query, Recommendations
 from query.resolvers import ResolverContext
 from query.resolvers.remote import Documents, aws_client, boto_error, parse, payload
+from query.settings import option, read_settings
 from schemas.config import Variation
 from schemas.errors import P13nError
 
 JSON = "application/json"
 
 
+@dataclass(frozen=True)
+class SageMakerSettings:
+    """A ``sagemaker`` variation's own settings."""
+
+    endpoint_name: str = option("endpointName")
+    region: str | None = option("region", None)
+    endpoint_url: str | None = option("endpointUrl", None)
+
+
 class SageMakerResolver:
     def __init__(self, variation: Variation, context: ResolverContext) -> None:
         self.name = variation.name
         self._documents = Documents.of(variation, context)
-        self._endpoint: str = variation.options["endpointName"]
+        settings = read_settings(
+            SageMakerSettings, variation.options, f"variation '{variation.name}'"
+        )
+        self._endpoint = settings.endpoint_name
         self._what = f"sagemaker endpoint {self._endpoint}"
         self._runtime = aws_client(
             "sagemaker-runtime",
-            region=variation.options.get("region"),
-            endpoint_url=variation.options.get("endpointUrl"),
+            region=settings.region,
+            endpoint_url=settings.endpoint_url,
             timeout_ms=variation.timeout_ms,
         )
 

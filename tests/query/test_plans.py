@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-import query.service as service_module
+import query.backends as backends_module
 from query.base import Query, Recommendations
 from query.service import QueryService, Request
 from schemas.config import default_document
@@ -37,7 +37,7 @@ class Recording:
 @pytest.fixture
 def asked(monkeypatch: pytest.MonkeyPatch) -> list[Query]:
     queries: list[Query] = []
-    monkeypatch.setattr(service_module, "build_resolver", lambda *_: Recording(queries))
+    monkeypatch.setattr(backends_module, "build_resolver", lambda *_: Recording(queries))
     return queries
 
 
