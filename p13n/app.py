@@ -23,13 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ingest.endpoint import EventsEndpoint
-from p13n.docs import docs_routes
-from p13n.errors import HANDLERS
 from p13n.logs import AccessLog
 from p13n.metrics import Metrics
-from p13n.middleware import Front
-from p13n.recommendations import routes as recommendation_routes
 from query.service import QueryService
 from query.variations import evidently_features
 from schemas.codec import Codec
@@ -39,6 +34,11 @@ from schemas.sources import ConfigHolder, source_for
 from streams.base import StreamReader, StreamWriter
 from streams.factory import build_reader, build_writer
 from streams.producer import Producer
+from web.docs import docs_routes
+from web.errors import HANDLERS
+from web.events import EventsEndpoint
+from web.middleware import Front
+from web.recommendations import routes as recommendation_routes
 
 log = logging.getLogger("p13n.app")
 

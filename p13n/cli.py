@@ -77,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from p13n import logs
-    from p13n.protocol import JsonErrorsProtocol  # malformed requests get the JSON error body
+    from web.protocol import JsonErrorsProtocol  # malformed requests get the JSON error body
 
     logs.configure(args.log_level)
     # Validate before forking workers: a bad config fails here, at once, with its reasons.
@@ -282,7 +282,7 @@ def cmd_demo_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
-    from p13n.openapi import build_spec
+    from web.openapi import build_spec
 
     print(json.dumps(build_spec(_holder(args).current), indent=2))
     return 0

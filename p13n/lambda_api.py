@@ -41,10 +41,10 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from mangum import Mangum
 from starlette.types import ASGIApp, Message
 
-from p13n.errors import error_response
 from p13n.logs import AccessLog
 from schemas.errors import ConfigError, P13nError
 from schemas.sources import ConfigHolder
+from web.errors import error_response
 
 SERVICE = "p13n-api"
 # The rooms' top-level loggers: routed through the Powertools logger once the app is built.

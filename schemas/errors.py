@@ -27,7 +27,7 @@ set per instance with ``type_=`` or by the query path, which knows which backend
 
 Lower-level errors (botocore, sqlite3, sockets) are translated into this tree where those
 libraries are called, with ``raise ... from``. The HTTP layer turns any ``P13nError`` into the
-JSON body ``{"type", "code", "message"}`` in exactly one place (``p13n.errors``).
+JSON body ``{"type", "code", "message"}`` in exactly one place (``web.errors``).
 """
 
 from __future__ import annotations

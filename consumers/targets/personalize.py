@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consumers.base import Deferred, Delivery, Failures
-from consumers.ratelimit import CallQuota
 from consumers.targets import TargetContext
 from consumers.targets.personalize_wire import PutEventsClient, epoch_seconds
 from schemas.codec import INTERACTION
 from schemas.config import TargetConfig
 from schemas.errors import Forbidden, NotFound, P13nError, RetryableError, Unavailable
 from schemas.records import event_id
+from streams.pacing import CallQuota
 
 MAX_EVENTS_PER_CALL = 10  # PutEvents' eventList limit
 LANE_WORKERS = 8

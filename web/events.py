@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 import msgspec
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -19,10 +19,10 @@ from ingest.body import check_media_type, decode_body
 from ingest.events import build_record
 from schemas.codec import INTERACTION, Codec
 from schemas.config import Config
-from schemas.errors import PayloadTooLarge
 from schemas.records import without_partition_key
 from streams.base import Entry
 from streams.producer import Producer
+from web.body import receive_body
 
 
 def _utc_now() -> datetime:
@@ -53,7 +53,7 @@ class EventsEndpoint:
         """The endpoint as a plain ASGI app for a request its route matched
         (``scope["path_params"]`` set): the same checks and the same 202 answer, with the same
         headers, as ``post``, without building a Request or a Response. Errors are raised,
-        not answered: the caller maps them to responses (``p13n.errors``, in one place)."""
+        not answered: the caller maps them to responses (``web.errors``, in one place)."""
         answer = await self._accept(scope["path_params"]["namespace"], scope["headers"], receive)
         await send(
             {"type": "http.response.start", "status": 202, "headers": _answer_headers(answer)}
@@ -95,27 +95,3 @@ def _answer_headers(body: bytes) -> list[tuple[bytes, bytes]]:
         (b"content-length", str(len(body)).encode()),
         (b"content-type", b"application/json"),
     ]
-
-
-async def read_body(request: Request, declared: str | None, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    return await receive_body(request.receive, declared, limit)
-
-
-async def receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """``read_body`` from the ASGI ``receive`` callable itself."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"Request body is {declared} bytes; the limit is {limit}")
-    chunks = []
-    size = 0
-    while True:  # ASGI messages straight from the server: cheaper than request.stream()
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -20,10 +20,10 @@ from __future__ import annotations
 from starlette.responses import Response
 from starlette.types import Scope
 
-from p13n.docs import DOCS_PATH
-from p13n.errors import ERROR_CODE_KEY, error_response
 from schemas.config import CorsConfig
 from schemas.errors import Forbidden
+from web.docs import DOCS_PATH
+from web.errors import ERROR_CODE_KEY, error_response
 
 NO_CORS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 METHODS = b"GET, POST, OPTIONS"

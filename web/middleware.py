@@ -8,35 +8,50 @@ import hmac
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from consumers.ratelimit import TokenBucket
-from p13n.compression import MEMO_KEY, accepts_gzip, compressible, gzip
-from p13n.cors import Cors
-from p13n.docs import PUBLIC_PATHS as DOCS_PATHS
-from p13n.errors import ERROR_CODE_KEY, error_response, unexpected_error
-from p13n.fastpath import DirectRoutes
-from p13n.logs import AccessLog
-from p13n.metrics import Metrics
 from schemas.config import ApiKey, AuthConfig, CompressionConfig, Config, RateLimit
+from streams.pacing import TokenBucket
+from web.compression import MEMO_KEY, accepts_gzip, compressible, gzip
+from web.cors import Cors
+from web.docs import PUBLIC_PATHS as DOCS_PATHS
+from web.errors import ERROR_CODE_KEY, error_response, unexpected_error
+from web.fastpath import DirectRoutes
 
-# Health probes carry no key; the API docs are public, as FastAPI's are (see p13n.docs).
+# Health probes carry no key; the API docs are public, as FastAPI's are (see web.docs).
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"}) | DOCS_PATHS
+
+
+class RequestMetrics(Protocol):
+    """Where each request is counted and timed; ``p13n.metrics`` implements it."""
+
+    def observe_request(
+        self, route: str, method: str, status: int, seconds: float, code: str | None
+    ) -> None: ...
+
+
+class RequestLog(Protocol):
+    """The access log: one line per request; ``p13n.logs.AccessLog`` implements it."""
+
+    def request(
+        self, method: str, path: str, status: int, route: str, seconds: float, code: str | None
+    ) -> None: ...
 
 
 class Front:
     """The service's outermost layer: every HTTP request passes through it once.
 
-    In order: header limits (431), then a CORS preflight answered (``p13n.cors``), then the API
+    In order: header limits (431), then a CORS preflight answered (``web.cors``), then the API
     key and its rate limit (401/403/429) unless the path is public, then the request goes to its
-    direct route (``p13n.fastpath``) if it has one, else to the Starlette application (router,
+    direct route (``web.fastpath``) if it has one, else to the Starlette application (router,
     exception handlers). Around all of it: counted and timed by route template, the config
     version and CORS headers added to the answer, the answer gzipped when the client accepts it
-    (``p13n.compression``), and one access-log line (never headers or bodies: keys must not
+    (``web.compression``), and one access-log line (never headers or bodies: keys must not
     reach logs). An unexpected error in a direct route is answered as Starlette's server-error
     middleware answers the others: the application's 500 handler, then raised again for the
     server to log.
@@ -49,9 +64,9 @@ class Front:
     def __init__(
         self,
         app: ASGIApp,
-        metrics: Metrics,
+        metrics: RequestMetrics,
         config: Callable[[], Config],
-        access_log: AccessLog,
+        access_log: RequestLog,
         routes: Sequence[tuple[Route, ASGIApp]] = (),
     ) -> None:
         self.app = app
@@ -158,7 +173,7 @@ _GZIPPED = ((b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding"))
 
 def _worth_gzip(headers: list[tuple[bytes, bytes]], minimum: int) -> int | None:
     """Where the ``content-length`` is in ``headers``, if the answer they start is to be
-    gzipped (``p13n.compression``): text-like, not encoded yet, and of a known length of at
+    gzipped (``web.compression``): text-like, not encoded yet, and of a known length of at
     least ``minimum`` bytes; else None."""
     content_type = length = None
     length_at = 0

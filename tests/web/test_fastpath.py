@@ -13,9 +13,9 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from p13n.app import create_app
-from p13n.fastpath import DirectRoutes
 from p13n.metrics import Metrics
 from schemas.sources import BuiltinSource, ConfigHolder
+from web.fastpath import DirectRoutes
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
@@ -90,9 +90,9 @@ def test_an_unexpected_error_in_a_direct_route_is_a_json_500_counted_by_route(tm
     from starlette.applications import Starlette
     from starlette.routing import Route
 
-    from p13n.errors import HANDLERS
     from p13n.logs import AccessLog
-    from p13n.middleware import Front
+    from web.errors import HANDLERS
+    from web.middleware import Front
 
     async def crash(scope, receive, send):
         raise RuntimeError("secret internal detail")

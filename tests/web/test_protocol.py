@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from p13n.protocol import MAX_URL_BYTES
 from tests.fixtures.service import Service
+from web.protocol import MAX_URL_BYTES
 
 ERROR_KEYS = {"type", "code", "message"}
 

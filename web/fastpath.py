@@ -1,6 +1,6 @@
 """Direct routes: hot endpoints served as plain ASGI apps, past Starlette's router.
 
-``p13n.middleware.Front`` asks them first, after its own checks (limits, API keys), so every
+``web.middleware.Front`` asks them first, after its own checks (limits, API keys), so every
 check runs for these requests exactly as for any other. Only what Starlette would do between the
 middleware and the endpoint is done here instead, more cheaply: match the route, set
 ``scope["route"]`` and the path parameters, and turn a ``P13nError`` into its response with
@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from p13n.errors import p13n_error
 from schemas.errors import P13nError
+from web.errors import p13n_error
 
 
 class _Pattern:
