@@ -198,7 +198,9 @@ class LambdaContainer:
             loop.close()
             raise
         logger.info("cold start done", extra={"config": config.summary()})
-        return _Running(loop, Mangum(app, lifespan="off"), lifespan, access_log)
+        # Mangum's ASGI type wants a coroutine function; Starlette's ASGIApp says awaitable.
+        handler = Mangum(app, lifespan="off")  # type: ignore[arg-type]
+        return _Running(loop, handler, lifespan, access_log)
 
     def _route_app_logs(self) -> None:
         """Send the rooms' log records through the Powertools logger (JSON, Lambda context)."""

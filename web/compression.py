@@ -11,13 +11,20 @@ at at all: that path costs nothing.
 A body that is sent many times (a cached recommendation) brings a memo (``MEMO_KEY`` in the
 ASGI scope: a dict that lives as long as the cached entry), so a cache hit is compressed once,
 not on every request.
+
+``Gzip`` is the layer that does it, outside every other header-adding layer (so the ``Vary``
+it adds comes after CORS's, as it always has) and outside the application's 500.
 """
 
 from __future__ import annotations
 
 import functools
 import zlib
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from schemas.config import Config
 
 # Where an endpoint leaves the memo of its body's encodings for the middleware.
 MEMO_KEY = "p13n.encodings"
@@ -62,3 +69,73 @@ def gzip(body: bytes, level: int, memo: MutableMapping[object, bytes] | None = N
     if memo is not None:
         memo[key] = packed
     return packed
+
+
+_GZIPPED = ((b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding"))
+
+
+class Gzip:
+    def __init__(self, app: ASGIApp, config: Callable[[], Config]) -> None:
+        self.app = app
+        self.config = config
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # not for HEAD: its answer has the headers of a body it does not carry
+        if scope["type"] != "http" or scope["method"] == "HEAD":
+            await self.app(scope, receive, send)
+            return
+        compression = self.config().compression
+        accepted = False
+        for name, value in scope["headers"]:
+            if name == b"accept-encoding":
+                accepted = compression.enabled and accepts_gzip(value)
+        if not accepted:
+            await self.app(scope, receive, send)
+            return
+        held: Message | None = None  # an answer start waiting for its body to be compressed
+        length_at = 0  # where its content-length is
+
+        async def gzip_send(message: Message) -> None:
+            nonlocal held, length_at
+            if message["type"] == "http.response.start":
+                headers = message["headers"] = list(message.get("headers", ()))
+                found = _worth_gzip(headers, compression.minimum_bytes)
+                if found is not None:
+                    held, length_at = message, found
+                    return
+            elif held is not None:
+                start, held = held, None
+                body = message.get("body", b"")
+                if not message.get("more_body", False):
+                    packed = gzip(body, compression.level, scope.get(MEMO_KEY))
+                    headers = start["headers"]
+                    headers[length_at] = (b"content-length", str(len(packed)).encode())
+                    headers += _GZIPPED
+                    message["body"] = packed
+                await send(start)  # streamed: sent as it is
+            await send(message)
+
+        await self.app(scope, receive, gzip_send)
+
+
+def _worth_gzip(headers: list[tuple[bytes, bytes]], minimum: int) -> int | None:
+    """Where the ``content-length`` is in ``headers``, if the answer they start is to be
+    gzipped: text-like, not encoded yet, and of a known length of at least ``minimum`` bytes;
+    else None."""
+    content_type = length = None
+    length_at = 0
+    for index, (name, value) in enumerate(headers):
+        if name == b"content-type":
+            content_type = value
+        elif name == b"content-length":
+            length, length_at = value, index
+        elif name == b"content-encoding":
+            return None
+    if (
+        length is not None
+        and length.isdigit()
+        and int(length) >= minimum
+        and compressible(content_type)
+    ):
+        return length_at
+    return None

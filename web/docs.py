@@ -5,7 +5,7 @@ object: a reload serves the new spec on the next request. The page and its asset
 from the ``swagger-ui-bundle-v2`` package's copy of swagger-ui's dist, never from a CDN, so the
 page works offline and loads nothing from third parties.
 
-Like FastAPI's, these routes are public even when ``auth.apiKeys`` is set (``web.middleware``
+Like FastAPI's, these routes are public even when ``auth.apiKeys`` is set (``web.admission``
 exempts ``PUBLIC_PATHS``): the spec names the configured namespaces and recommenders but no keys
 and no data, and the page's "Authorize" button takes a key for "Try it out".
 """

@@ -11,8 +11,6 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 import msgspec
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ingest.body import check_media_type, decode_body
@@ -42,18 +40,11 @@ class EventsEndpoint:
         self._codec = codec
         self._clock = clock
 
-    async def post(self, request: Request) -> Response:
-        """The endpoint as a Starlette route (see ``asgi`` for the same without the objects)."""
-        answer = await self._accept(
-            request.path_params["namespace"], request.scope["headers"], request.receive
-        )
-        return Response(answer, status_code=202, media_type="application/json", headers=_NO_STORE)
-
-    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The endpoint as a plain ASGI app for a request its route matched
-        (``scope["path_params"]`` set): the same checks and the same 202 answer, with the same
-        headers, as ``post``, without building a Request or a Response. Errors are raised,
-        not answered: the caller maps them to responses (``web.errors``, in one place)."""
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A plain ASGI app (an instance, so Starlette's route does not wrap it in a
+        Request/Response handler) for a request its route matched (``scope["path_params"]``
+        set). Errors are raised, not answered: the application's exception handlers map them
+        to responses (``web.errors``, in one place)."""
         answer = await self._accept(scope["path_params"]["namespace"], scope["headers"], receive)
         await send(
             {"type": "http.response.start", "status": 202, "headers": _answer_headers(answer)}
@@ -83,13 +74,12 @@ class EventsEndpoint:
         return msgspec.json.encode(answer)
 
 
-_NO_STORE = {"cache-control": "no-store"}
 _NOTHING = msgspec.json.encode({"accepted": 0, "recordId": None})
 
 
 def _answer_headers(body: bytes) -> list[tuple[bytes, bytes]]:
-    # What Starlette's Response(media_type="application/json", headers=_NO_STORE) sends, in its
-    # order.
+    # What Starlette's Response(media_type="application/json", headers={"cache-control":
+    # "no-store"}) sends, in its order (the endpoint was one once).
     return [
         (b"cache-control", b"no-store"),
         (b"content-length", str(len(body)).encode()),
