@@ -1,4 +1,4 @@
-"""Benchmark of the ``Front`` layer's own cost: a cache hit through the whole ASGI app,
+"""Benchmark of the web stack's own cost (``web.stack``): a cache hit through the whole ASGI app,
 in-process (no sockets, no server), in CPU microseconds per request.
 
 The app is ``create_app`` on a config with one cached ``http`` recommender (the zero-latency
@@ -7,11 +7,11 @@ cached answers are asked for again and again; the best of ``--rounds`` rounds of
 counts; the variants take turns within each round. Variants, each its own app:
 
 * plain: no ``Origin``, no ``Accept-Encoding`` (what a server-side client sends);
-* origin: a page's request (``Origin``; CORS headers added by Front);
+* origin: a page's request (``Origin``; CORS headers added by ``web.cors``);
 * gzip: ``Accept-Encoding: gzip``, answers compressed from 512 bytes (the cached entry keeps its
   compressed bytes: what a hit costs with compression);
 * the first two again with Starlette's ``CORSMiddleware`` wrapped around the app instead (and
-  Front's CORS off), with the same settings: the alternative this project does not take.
+  web.cors off), with the same settings: the alternative this project does not take.
 
     .venv/bin/python -m bench.front [--requests 20000] [--rounds 5]
 """
@@ -179,7 +179,9 @@ def wrap(app: ASGIApp, with_cors: bool) -> ASGIApp:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="CPU per cache hit through Front, in-process.")
+    parser = argparse.ArgumentParser(
+        description="CPU per cache hit through the web stack, in-process."
+    )
     parser.add_argument("--requests", type=int, default=20000, help="requests per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per variant; best counts")
     args = parser.parse_args()

@@ -44,7 +44,6 @@ from typing import Any
 
 from consumers.base import Target
 from consumers.deadletters import DeadLetter, dead_letter_store
-from consumers.ratelimit import TokenBucket
 from consumers.replay_sources import Source, SourceItem, open_source
 from consumers.runner import GroupConsumer, Interrupted, RetryPolicy
 from consumers.storage import FileStorage
@@ -53,6 +52,7 @@ from schemas.codec import EXPOSURE, INTERACTION, Codec
 from schemas.config import Config, TargetConfig
 from schemas.errors import ConfigError, RecordError
 from streams.base import Position, Shard, ShardCursor
+from streams.pacing import TokenBucket
 
 DEFAULT_BATCH = 500
 PROGRESS_EVERY = 2048  # items read between progress reports

@@ -41,10 +41,10 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from mangum import Mangum
 from starlette.types import ASGIApp, Message
 
-from p13n.errors import error_response
 from p13n.logs import AccessLog
 from schemas.errors import ConfigError, P13nError
 from schemas.sources import ConfigHolder
+from web.errors import error_response
 
 SERVICE = "p13n-api"
 # The rooms' top-level loggers: routed through the Powertools logger once the app is built.
@@ -198,7 +198,9 @@ class LambdaContainer:
             loop.close()
             raise
         logger.info("cold start done", extra={"config": config.summary()})
-        return _Running(loop, Mangum(app, lifespan="off"), lifespan, access_log)
+        # Mangum's ASGI type wants a coroutine function; Starlette's ASGIApp says awaitable.
+        handler = Mangum(app, lifespan="off")  # type: ignore[arg-type]
+        return _Running(loop, handler, lifespan, access_log)
 
     def _route_app_logs(self) -> None:
         """Send the rooms' log records through the Powertools logger (JSON, Lambda context)."""

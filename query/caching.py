@@ -104,7 +104,7 @@ class Entry:
     fresh_until: float  # monotonic
     recommendation_id: str | None = None
     # The body's encodings (gzip), made on first need and kept as long as the entry: a hit
-    # is compressed once, not once per request (p13n.compression).
+    # is compressed once, not once per request (web.compression).
     encodings: dict[object, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 

@@ -26,7 +26,7 @@ set per instance with ``type_=`` or by the query path, which knows which backend
 
 Lower-level errors (botocore, sqlite3, sockets) are translated into this tree where those
 libraries are called, with ``raise ... from``. The HTTP layer turns any ``P13nError`` into the
-JSON body ``{"type", "code", "message"}`` in exactly one place (``p13n.errors``). The API-key
+JSON body ``{"type", "code", "message"}`` in exactly one place (``web.errors``). The API-key
 check answers 401 ``MissingApiKey`` and 403 ``InvalidApiKey`` itself, before any handler runs.
 """
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consumers.base import Delivery, Failures
-from consumers.ratelimit import CallQuota
 from consumers.targets import TargetContext
 from consumers.targets.jsonshape import event
 from consumers.targets.outcomes import DESTINATION_ERRORS, Outcomes
@@ -36,6 +35,7 @@ from consumers.targets.personalize_wire import PutEventsClient, epoch_seconds
 from schemas.codec import INTERACTION
 from schemas.config import TargetConfig
 from schemas.errors import P13nError, RetryableError, Unavailable
+from streams.pacing import CallQuota
 
 MAX_EVENTS_PER_CALL = 10  # PutEvents' eventList limit
 LANE_WORKERS = 8

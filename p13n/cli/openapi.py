@@ -16,7 +16,7 @@ def add_command(commands: Commands) -> None:
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
-    from p13n.openapi import build_spec
+    from web.openapi import build_spec
 
     print(json.dumps(build_spec(config_of(args)), indent=2))
     return 0

@@ -82,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve_workers(args: argparse.Namespace, config: ConfigHolder, sock: socket.socket) -> None:
     import uvicorn
 
-    from p13n.protocol import JsonErrorsProtocol  # malformed requests get the JSON error body
+    from web.protocol import JsonErrorsProtocol  # malformed requests get the JSON error body
 
     # Workers are fresh interpreters: they set up the same JSON logs from this variable.
     os.environ["P13N_LOG_LEVEL"] = args.log_level
@@ -112,7 +112,7 @@ def _serve_here(args: argparse.Namespace, config: ConfigHolder, sock: socket.soc
 
     from p13n.app import create_app
     from p13n.metrics import Metrics
-    from p13n.protocol import JsonErrorsProtocol  # malformed requests get the JSON error body
+    from web.protocol import JsonErrorsProtocol  # malformed requests get the JSON error body
 
     metrics = Metrics()
     running: list[ConsumerSet] = []

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from p13n.openapi import ERROR_TYPES
 from schemas import errors
+from web.openapi import ERROR_TYPES
 
 # (class, status, type, default code): what a client sees when nothing more specific is said.
 TREE = [

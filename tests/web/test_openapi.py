@@ -19,11 +19,11 @@ import msgspec
 from openapi_spec_validator import validate
 
 from ingest.body import EventsBody
-from p13n.docs import ASSETS
-from p13n.openapi import build_spec
 from schemas.config import default_document, load_config
 from tests.fixtures.chromium import dump_dom
 from tests.fixtures.service import Service, wait_until
+from web.docs import ASSETS
+from web.openapi import build_spec
 
 API_KEY = "docs-test-key"
 HEADERS = {"x-api-key": API_KEY}

@@ -10,16 +10,15 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from urllib.parse import parse_qsl
 
-from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ingest.body import check_media_type
-from ingest.endpoint import read_body
-from p13n.compression import MEMO_KEY
 from query.service import QueryService
 from query.service import Request as QueryRequest
 from schemas.config import Config
+from web.body import receive_body
+from web.compression import MEMO_KEY
 
 QUERY_MEMO_SIZE = 1024
 PATHS = (
@@ -62,8 +61,8 @@ class _Endpoint:
         body = None
         if scope["method"] == "POST":
             check_media_type(headers.get("content-type"))
-            body = await read_body(
-                Request(scope, receive), headers.get("content-length"), self.config().max_body_bytes
+            body = await receive_body(
+                receive, headers.get("content-length"), self.config().max_body_bytes
             )
         path = scope["path_params"]
         params = self._params(scope["query_string"])

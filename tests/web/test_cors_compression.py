@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from p13n.compression import accepts_gzip
 from schemas.config import default_document
 from tests.fixtures.fake_recommender import FakeRecommender
 from tests.fixtures.service import Service
+from web.compression import accepts_gzip
 
 ServiceFactory = Callable[..., Service]
 PAGE = "https://shop.example"

@@ -11,18 +11,16 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 import msgspec
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ingest.body import check_media_type, decode_body
 from ingest.events import build_record
 from schemas.codec import INTERACTION, Codec
 from schemas.config import Config
-from schemas.errors import PayloadTooLarge
 from schemas.records import without_partition_key
 from streams.base import Entry
 from streams.producer import Producer
+from web.body import receive_body
 
 
 def _utc_now() -> datetime:
@@ -42,18 +40,11 @@ class EventsEndpoint:
         self._codec = codec
         self._clock = clock
 
-    async def post(self, request: Request) -> Response:
-        """The endpoint as a Starlette route (see ``asgi`` for the same without the objects)."""
-        answer = await self._accept(
-            request.path_params["namespace"], request.scope["headers"], request.receive
-        )
-        return Response(answer, status_code=202, media_type="application/json", headers=_NO_STORE)
-
-    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The endpoint as a plain ASGI app for a request its route matched
-        (``scope["path_params"]`` set): the same checks and the same 202 answer, with the same
-        headers, as ``post``, without building a Request or a Response. Errors are raised,
-        not answered: the caller maps them to responses (``p13n.errors``, in one place)."""
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A plain ASGI app (an instance, so Starlette's route does not wrap it in a
+        Request/Response handler) for a request its route matched (``scope["path_params"]``
+        set). Errors are raised, not answered: the application's exception handlers map them
+        to responses (``web.errors``, in one place)."""
         answer = await self._accept(scope["path_params"]["namespace"], scope["headers"], receive)
         await send(
             {"type": "http.response.start", "status": 202, "headers": _answer_headers(answer)}
@@ -83,39 +74,14 @@ class EventsEndpoint:
         return msgspec.json.encode(answer)
 
 
-_NO_STORE = {"cache-control": "no-store"}
 _NOTHING = msgspec.json.encode({"accepted": 0, "recordId": None})
 
 
 def _answer_headers(body: bytes) -> list[tuple[bytes, bytes]]:
-    # What Starlette's Response(media_type="application/json", headers=_NO_STORE) sends, in its
-    # order.
+    # What Starlette's Response(media_type="application/json", headers={"cache-control":
+    # "no-store"}) sends, in its order (the endpoint was one once).
     return [
         (b"cache-control", b"no-store"),
         (b"content-length", str(len(body)).encode()),
         (b"content-type", b"application/json"),
     ]
-
-
-async def read_body(request: Request, declared: str | None, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    return await receive_body(request.receive, declared, limit)
-
-
-async def receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """``read_body`` from the ASGI ``receive`` callable itself."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"Request body is {declared} bytes; the limit is {limit}")
-    chunks = []
-    size = 0
-    while True:  # ASGI messages straight from the server: cheaper than request.stream()
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

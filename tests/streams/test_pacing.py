@@ -6,7 +6,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from consumers.ratelimit import CallQuota, TokenBucket
+from streams.pacing import CallQuota, TokenBucket
 
 
 class Clock:

@@ -1,11 +1,11 @@
 """API documentation routes: ``GET /openapi.json`` and a Swagger UI page at ``GET /docs``.
 
-The spec is built from the config in force (``p13n.openapi.build_spec``), once per config
+The spec is built from the config in force (``web.openapi.build_spec``), once per config
 object: a reload serves the new spec on the next request. The page and its assets are served
 from the ``swagger-ui-bundle-v2`` package's copy of swagger-ui's dist, never from a CDN, so the
 page works offline and loads nothing from third parties.
 
-Like FastAPI's, these routes are public even when ``auth.apiKeys`` is set (``p13n.middleware``
+Like FastAPI's, these routes are public even when ``auth.apiKeys`` is set (``web.admission``
 exempts ``PUBLIC_PATHS``): the spec names the configured namespaces and recommenders but no keys
 and no data, and the page's "Authorize" button takes a key for "Try it out".
 """
@@ -22,8 +22,8 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 from swagger_ui_bundle import swagger_ui_path
 
-from p13n.openapi import build_spec
 from schemas.config import Config
+from web.openapi import build_spec
 
 SPEC_PATH = "/openapi.json"
 DOCS_PATH = "/docs"

@@ -13,17 +13,25 @@ allowed; else the origin itself with ``Vary: Origin``) and ``Access-Control-Expo
 on its answer, errors included, so a page can read the error body. A request from an origin
 not allowed is served without them: the browser then withholds the answer from the page (CORS
 guards browsers' pages, not the API; API keys do that).
+
+``CorsHeaders`` is the layer that adds those headers to every answer (refusals and the
+application's 500 included: it sits outside them); the preflight is answered by
+``web.admission``, where the order of the checks is kept. Both read the same ``CorsPolicy``.
+Measured with ``bench.front``: this layer costs about a microsecond per request, where
+Starlette's ``CORSMiddleware`` cost 5-6 µs more (it builds ``Headers`` objects per request).
 """
 
 from __future__ import annotations
 
-from starlette.responses import Response
-from starlette.types import Scope
+from collections.abc import Callable
 
-from p13n.docs import DOCS_PATH
-from p13n.errors import ERROR_CODE_KEY, error_response
-from schemas.config import CorsConfig
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from schemas.config import Config, CorsConfig
 from schemas.errors import Forbidden
+from web.docs import DOCS_PATH
+from web.errors import ERROR_CODE_KEY, error_response
 
 NO_CORS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 METHODS = b"GET, POST, OPTIONS"
@@ -75,3 +83,49 @@ class Cors:
         response = Response(status_code=204)
         response.raw_headers = list(self._preflight)
         return response
+
+
+class CorsPolicy:
+    """The ``Cors`` of the config in force, encoded once per config object."""
+
+    def __init__(self) -> None:
+        self._built: tuple[Config, Cors] | None = None
+
+    def of(self, config: Config) -> Cors:
+        built = self._built
+        if built is None or built[0] is not config:
+            built = self._built = (config, Cors(config.cors))
+        return built[1]
+
+
+class CorsHeaders:
+    """Adds ``Cors.answer_headers`` to the answer of a request with an ``Origin``."""
+
+    def __init__(self, app: ASGIApp, config: Callable[[], Config], policy: CorsPolicy) -> None:
+        self.app = app
+        self.config = config
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        origin: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = value
+        extra: list[tuple[bytes, bytes]] = []
+        if origin is not None:
+            cors = self.policy.of(self.config())
+            if cors.enabled and cors.applies(scope["path"]):
+                extra = cors.answer_headers(origin)
+        if not extra:
+            await self.app(scope, receive, send)
+            return
+
+        async def cors_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, cors_send)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import p13n.recommendations as routes
+import web.recommendations as routes
 
 
 def endpoint() -> routes._Endpoint:

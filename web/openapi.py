@@ -347,7 +347,7 @@ def _health(operation_id: str, summary: str, schema: str, config: Config) -> dic
         "operationId": operation_id,
         "tags": ["operations"],
         "summary": summary,
-        "security": [],  # probes carry no key (see p13n.middleware.PUBLIC_PATHS)
+        "security": [],  # probes carry no key (see web.admission.PUBLIC_PATHS)
         "responses": responses,
     }
 

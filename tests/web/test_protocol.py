@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from p13n.protocol import MAX_URL_BYTES
 from tests.fixtures.service import Service
+from web.protocol import MAX_URL_BYTES
 
 ERROR_KEYS = {"type", "code", "message"}
 
@@ -69,3 +69,48 @@ def test_unknown_routes_and_methods_get_the_json_body(
     assert missing.json() == {"type": "Validation", "code": "NotFound", "message": "No such route"}
     assert wrong.status_code == 405
     assert (wrong.json()["type"], wrong.json()["code"]) == ("Validation", "MethodNotAllowed")
+
+
+class _Transport:
+    """What ``connection_made`` reads of a transport, around a real accepted TCP socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return self.sock
+        if name in ("sockname", "peername"):
+            return ("127.0.0.1", 1)
+        return default
+
+
+def test_connections_have_nagle_off_even_on_a_listening_socket_given_as_fd() -> None:
+    """uvicorn wraps a listening socket given as a descriptor (``p13n serve --port``) as
+    AF_UNIX, so asyncio leaves Nagle on; the protocol turns it off on each connection."""
+    import asyncio
+
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from web.protocol import JsonErrorsProtocol
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        # As uvicorn sees a descriptor (config.fd): the family says AF_UNIX.
+        wrapped = socket.fromfd(accepted.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            assert wrapped.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+            loop = asyncio.new_event_loop()
+            try:
+                config = Config(app=None, http=JsonErrorsProtocol)  # type: ignore[arg-type]
+                config.load()
+                protocol = JsonErrorsProtocol(config, ServerState(), config.lifespan_class, loop)
+                protocol.connection_made(_Transport(wrapped))  # type: ignore[arg-type]
+            finally:
+                loop.close()
+            assert wrapped.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        finally:
+            for sock in (wrapped, accepted, client):
+                sock.close()
