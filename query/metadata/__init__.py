@@ -9,13 +9,13 @@ resolver asks for ``metadataColumns``), so decoration leaves those items as they
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from query.base import ItemMetadata
-from query.registry import Registry
 from schemas.config import Config
+from schemas.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -23,19 +23,22 @@ class MetadataContext:
     config: Config
 
 
-REGISTRY = Registry(
-    "inferenceItemMetadata",
+def from_personalize(settings: Mapping[str, Any], context: MetadataContext) -> None:
+    """``type: personalize``: Personalize returns the items' metadata with its answer (its
+    ``metadataColumns``), so there is no store to read."""
+    return None
+
+
+# type → what builds its store from (settings, context), imported only when a config uses it.
+REGISTRY: Registry[Callable[[Mapping[str, Any], MetadataContext], ItemMetadata | None]] = Registry(
     {
         "localdb": "query.metadata.localdb:LocalDbMetadata",
         "dynamodb": "query.metadata.dynamodb:DynamoDbMetadata",
-        "personalize": None,
+        "personalize": "query.metadata:from_personalize",
     },
+    unknown="unknown inferenceItemMetadata type '{name}'",
 )
 
 
 def build_metadata(settings: Mapping[str, Any], context: MetadataContext) -> ItemMetadata | None:
-    cls = REGISTRY.load(str(settings.get("type")))
-    if cls is None:
-        return None
-    store: ItemMetadata = cls(settings, context)
-    return store
+    return REGISTRY.lookup(str(settings.get("type")))(settings, context)

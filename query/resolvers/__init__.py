@@ -3,7 +3,7 @@
 Every resolver class takes ``(variation: Variation, context: ResolverContext)`` and implements
 ``query.base.Resolver``; it parses ``variation.options`` once into a frozen settings object of
 its own (``query.settings``). Adding a variation type is one module plus one line in
-``REGISTRY`` (a ``query.registry.Registry``).
+``REGISTRY`` (a ``schemas.registry.Registry``).
 Resolvers are built when a config is loaded (never at import time) and closed when it is
 replaced.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from query.base import Resolver
-from query.registry import Registry
 from schemas.config import Config, Namespace, Recommender, Variation
+from schemas.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,7 @@ class ResolverContext:
 
 # type → "module:Class", imported only when a config uses the type. ("function" is loaded as
 # "lambda" by the config model.)
-REGISTRY = Registry(
-    "variation",
+REGISTRY: Registry[type[Resolver]] = Registry(
     {
         "personalize-campaign": "query.resolvers.personalize:PersonalizeResolver",
         "personalize-recommender": "query.resolvers.personalize:PersonalizeResolver",
@@ -40,6 +39,7 @@ REGISTRY = Registry(
         "http": "query.resolvers.http:HttpResolver",
         "local": "query.resolvers.local:LocalResolver",
     },
+    unknown="unknown variation type '{name}' ({variation})",
 )
 
 
@@ -57,7 +57,6 @@ ERROR_TYPES: Mapping[str, str] = MappingProxyType(
 
 
 def build_resolver(variation: Variation, context: ResolverContext) -> Resolver:
-    cls = REGISTRY.load(variation.type, f" ({variation.name})")
-    assert cls is not None  # every variation type has a resolver
-    resolver: Resolver = cls(variation, context)
+    cls = REGISTRY.lookup(variation.type, variation=variation.name)
+    resolver: Resolver = cls(variation, context)  # type: ignore[call-arg]
     return resolver
