@@ -26,7 +26,7 @@ import msgspec
 
 from ingest.body import EventsBody
 from query.base import DEFAULT_RESULTS, ITEM_LIST, MAX_RESULTS, RANKING
-from query.params import MAX_ID, MAX_ITEMS, MAX_MAP_ENTRIES, MAX_MAP_VALUE
+from query.params import KNOWN, MAX_ID, MAX_ITEMS, MAX_MAP_ENTRIES, MAX_MAP_VALUE
 from schemas.config import Config
 
 OPENAPI_VERSION = "3.1.0"
@@ -367,15 +367,9 @@ def _metrics(config: Config, secured: bool) -> dict[str, Any]:
 
 # -- parameters ---------------------------------------------------------------------------------
 
-_QUERY_PARAMS = (
-    "numResults",
-    "filter",
-    "filterValues",
-    "context",
-    "decorateItems",
-    "syntheticUser",
-    "feature",
-)
+# The query-string parameters the query path reads (``userId`` is a path segment on most routes;
+# related-items reads it from the query string, documented there as ``userIdQuery``).
+_QUERY_PARAMS = tuple(name for name in KNOWN if name != "userId")
 
 
 def _path_enum(name: str, values: list[str], description: str) -> dict[str, Any]:
