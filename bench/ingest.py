@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -30,6 +31,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +64,9 @@ def process(
     env: dict[str, str] | None = None,
     cwd: Path = ROOT,
     grace: float = 30,
-) -> Iterator[None]:
+) -> Iterator[int]:
     """Run ``args`` until the block ends (SIGTERM, then kill after ``grace`` seconds); its
-    output is discarded."""
+    output is discarded. Yields its pid."""
     with tempfile.TemporaryFile(prefix="p13n-bench-") as log:
         proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd
@@ -77,7 +79,7 @@ def process(
                     log.seek(0)
                     sys.stderr.write(log.read()[-3000:].decode(errors="replace"))
                     raise
-            yield
+            yield proc.pid
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -108,6 +110,33 @@ def load(url: str, connections: int, requests: int) -> dict[str, Any]:
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its live descendants (uvicorn's
+    workers), read from /proc; 0 where /proc is missing."""
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after the command: state, ppid, ... utime is field 14 and stime 15 of the whole line
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS)
+    family, total = {pid}, 0.0
+    for _ in range(4):  # service -> workers -> their threads' processes, if any
+        family |= {child for child, (parent, _) in stats.items() if parent in family}
+    for member in family:
+        total += stats.get(member, (0, 0.0))[1]
+    return total
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def scrape(base: str) -> dict[str, float]:
     with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
         text = response.read().decode()
@@ -127,14 +156,14 @@ KINESIS_LOCAL_DIR = ROOT / "tests" / "emulators" / "node_modules" / "kinesis-loc
 
 
 @contextmanager
-def emulator(kind: str) -> Iterator[str]:
-    """A Kinesis emulator on a free port; yields its endpoint URL."""
+def emulator(kind: str) -> Iterator[tuple[str, int]]:
+    """A Kinesis emulator on a free port; yields its endpoint URL and pid."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     if kind == "moto":
         args = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
-        with process(args, f"{endpoint}/moto-api/"):
-            yield endpoint
+        with process(args, f"{endpoint}/moto-api/") as pid:
+            yield endpoint, pid
         return
     if not (KINESIS_LOCAL_DIR / "main.js").is_file():
         raise SystemExit(
@@ -148,9 +177,9 @@ def emulator(kind: str) -> Iterator[str]:
     }
     # kinesis-local waits on SIGTERM for idle keep-alive clients that never leave; it keeps
     # nothing worth a longer grace.
-    with process(["node", "main.js"], None, env, cwd=KINESIS_LOCAL_DIR, grace=1):
+    with process(["node", "main.js"], None, env, cwd=KINESIS_LOCAL_DIR, grace=1) as pid:
         wait_port(port)
-        yield endpoint
+        yield endpoint, pid
 
 
 def kinesis_stream(endpoint: str, name: str, shards: int) -> None:
@@ -172,9 +201,9 @@ def kinesis_stream(endpoint: str, name: str, shards: int) -> None:
 
 
 @contextmanager
-def p13n_server(config: dict | None, workers: int = 1) -> Iterator[str]:
+def p13n_server(config: dict | None, workers: int = 1) -> Iterator[tuple[str, int]]:
     """The service on a free port (``--no-consumers``: bench/consume measures the consumers;
-    access logs stay on); yields its base URL."""
+    access logs stay on); yields its base URL and pid."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as data:
@@ -184,24 +213,51 @@ def p13n_server(config: dict | None, workers: int = 1) -> Iterator[str]:
             path = Path(data) / "config.json"
             path.write_text(json.dumps(config))
             args += ["--config", str(path)]
-        with process(args, f"{base}/readyz"):
-            yield base
+        with process(args, f"{base}/readyz") as pid:
+            yield base, pid
 
 
 @contextmanager
-def reference_server(kind: str, extra: list[str]) -> Iterator[str]:
+def reference_server(kind: str, extra: list[str]) -> Iterator[tuple[str, int]]:
     port = free_port()
-    with process([PYTHON, "-m", "bench.references", kind, "--port", str(port), *extra], None):
+    args = [PYTHON, "-m", "bench.references", kind, "--port", str(port), *extra]
+    with process(args, None) as pid:
         wait_port(port)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", pid
+
+
+@dataclass(frozen=True)
+class Server:
+    base: str
+    namespace: str
+    pid: int
 
 
 def measure(
-    name: str, base: str, namespace: str, connections: int, requests: int, observed: bool
+    name: str,
+    server: Server,
+    connections: int,
+    requests: int,
+    observed: bool,
+    emulator_pid: int | None,
 ) -> dict:
-    """One round against a running server; for p13n (``observed``) also what the stream got."""
+    """One round against a running server; for p13n (``observed``) also what the stream got.
+    It also counts the CPU seconds the round cost the server, the emulator (when the
+    scenario uses it) and the load generator."""
+    base = server.base
     before = scrape(base) if observed else {}
-    result = load(f"{base}/events/{namespace}", connections, requests)
+    cpu_before = (
+        cpu_seconds(server.pid),
+        cpu_seconds(emulator_pid) if emulator_pid else 0.0,
+        children_cpu_seconds(),
+    )
+    result = load(f"{base}/events/{server.namespace}", connections, requests)
+    cpu_after = (
+        cpu_seconds(server.pid),
+        cpu_seconds(emulator_pid) if emulator_pid else 0.0,
+        children_cpu_seconds(),
+    )
+    result["cpu"] = [after - before for before, after in zip(cpu_before, cpu_after, strict=True)]
     result["name"] = name
     if observed:
         after = scrape(base)
@@ -220,6 +276,14 @@ def summarise(rounds: list[dict]) -> dict:
         for status, count in r["statuses"].items():
             statuses[status] = statuses.get(status, 0) + count
     result["statuses_all"] = statuses
+    requests = sum(r["requests"] for r in rounds) or 1
+    cpu = [sum(r["cpu"][n] for r in rounds) * 1000 / requests for n in range(3)]
+    result["cpu_ms_per_event"] = {
+        "server": round(cpu[0], 3),
+        "emulator": round(cpu[1], 3),
+        "loadgen": round(cpu[2], 3),
+    }
+    result.pop("cpu", None)
     if "stream" in result:
         total = {k: sum(r["stream"][k] for r in rounds) for k in result.pop("stream")}
         events = total["p13n_stream_user_records_written_total"] or 1
@@ -292,16 +356,17 @@ def main() -> None:
         "sample": "sample's way (PutRecord per request)",
     }
     with contextlib.ExitStack() as stack:
-        moto = ""
+        moto, emulator_pid = "", 0
         if chosen & {"kinesis", "sample"}:
-            moto = stack.enter_context(emulator(args.emulator))
+            moto, emulator_pid = stack.enter_context(emulator(args.emulator))
         # Every server runs for the whole benchmark; the rounds take turns, so a slow spell
         # of the machine falls on every scenario alike rather than on one of them.
-        servers: dict[str, tuple[str, str]] = {}  # scenario -> (base URL, namespace)
+        servers: dict[str, Server] = {}
         if "bare" in chosen:
-            servers["bare"] = (stack.enter_context(reference_server("bare", [])), "bench")
+            servers["bare"] = Server(*stack.enter_context(reference_server("bare", [])), "bench")
         if "embedded" in chosen:
-            servers["embedded"] = (stack.enter_context(p13n_server(None)), "demo")
+            base, pid = stack.enter_context(p13n_server(None))
+            servers["embedded"] = Server(base, "demo", pid)
         if "kinesis" in chosen:
             for number, settings in enumerate(args.producer or [{}]):
                 key = "kinesis" if number == 0 else f"kinesis{number}"
@@ -320,20 +385,30 @@ def main() -> None:
                     },
                     "namespaces": {"bench": {"eventTargets": [{"type": "interactions"}]}},
                 }
-                servers[key] = (stack.enter_context(p13n_server(kinesis_config)), "bench")
+                base, pid = stack.enter_context(p13n_server(kinesis_config))
+                servers[key] = Server(base, "bench", pid)
         if "sample" in chosen:
             kinesis_stream(moto, "bench-sample", args.shards)
             extra = ["--stream", "bench-sample", "--endpoint-url", moto]
-            servers["sample"] = (stack.enter_context(reference_server("sample", extra)), "bench")
-        for base, namespace in servers.values():
-            load(f"{base}/events/{namespace}", 4, 20)  # warm up
+            base, pid = stack.enter_context(reference_server("sample", extra))
+            servers["sample"] = Server(base, "bench", pid)
+        for server in servers.values():
+            load(f"{server.base}/events/{server.namespace}", 4, 20)  # warm up
         rounds: dict[str, list[dict]] = {name: [] for name in servers}
         for _ in range(args.rounds):
-            for name, (base, namespace) in servers.items():
+            for name, server in servers.items():
                 requests = args.sample_requests if name == "sample" else args.requests
                 observed = name == "embedded" or name.startswith("kinesis")
+                uses_emulator = name == "sample" or name.startswith("kinesis")
                 rounds[name].append(
-                    measure(labels[name], base, namespace, args.connections, requests, observed)
+                    measure(
+                        labels[name],
+                        server,
+                        args.connections,
+                        requests,
+                        observed,
+                        emulator_pid if uses_emulator else None,
+                    )
                 )
         results = [summarise(rounds[name]) for name in servers]
 
@@ -371,7 +446,29 @@ def main() -> None:
         "\nrec/ev: stream records per event (a KPL aggregate counts once); B/ev: stream bytes per event "
         "(record data + partition key); ev/call: events per stream write call (PutRecords or commit)."
     )
+    print_cpu(results, os.cpu_count() or 1)
     print(json.dumps(results))
+
+
+def print_cpu(results: list[dict], cores: int) -> None:
+    """CPU milliseconds per event of each process, and the rate the machine's cores could
+    carry at that cost: when a scenario is CPU-bound, this ceiling is what it can reach."""
+    print(
+        f"\nCPU ms per event (over all rounds) and the ceiling that cost allows on {cores} cores "
+        "(cores / total CPU per event)\n"
+    )
+    header = f"{'scenario':40} {'server':>7} {'emulator':>8} {'loadgen':>7} {'total':>7} {'ceiling ev/s':>12} {'measured/ceiling':>16}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        cpu = r["cpu_ms_per_event"]
+        total = cpu["server"] + cpu["emulator"] + cpu["loadgen"]
+        ceiling = cores * 1000 / total if total else math.nan
+        r["cpu_ceiling_events_per_s"] = round(ceiling, 1)
+        print(
+            f"{r['name']:40} {cpu['server']:>7.3f} {cpu['emulator']:>8.3f} {cpu['loadgen']:>7.3f} "
+            f"{total:>7.3f} {ceiling:>12.0f} {100 * r['rps'] / ceiling:>15.0f}%"
+        )
 
 
 if __name__ == "__main__":
