@@ -447,7 +447,37 @@ def main() -> None:
         "(record data + partition key); ev/call: events per stream write call (PutRecords or commit)."
     )
     print_cpu(results, os.cpu_count() or 1)
+    print_call_bound(results, args.connections)
     print(json.dumps(results))
+
+
+def print_call_bound(results: list[dict], connections: int) -> None:
+    """For the scenarios on the emulator: its CPU per stream write call, and the rate that
+    alone allows. A request is answered only once the call carrying it has returned, so each
+    client waits at least one call; with ``connections`` clients and calls of ``t`` ms of
+    emulator CPU, no producer can exceed ``connections / t`` events per second."""
+    rows = [
+        r
+        for r in results
+        if r["cpu_ms_per_event"]["emulator"] > 0 and r.get("events_per_write_call")
+    ]
+    if not rows:
+        return
+    print(
+        f"\nEmulator CPU per write call, and the most {connections} clients can get when each waits "
+        "at least one call\n"
+    )
+    header = f"{'scenario':40} {'ev/call':>7} {'emulator ms/call':>16} {'bound ev/s':>10} {'measured/bound':>14}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        per_call = r["cpu_ms_per_event"]["emulator"] * r["events_per_write_call"]
+        bound = connections * 1000 / per_call
+        r["one_call_bound_events_per_s"] = round(bound, 1)
+        print(
+            f"{r['name']:40} {r['events_per_write_call']:>7.1f} {per_call:>16.2f} {bound:>10.0f} "
+            f"{100 * r['rps'] / bound:>13.0f}%"
+        )
 
 
 def print_cpu(results: list[dict], cores: int) -> None:
