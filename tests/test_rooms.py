@@ -83,7 +83,7 @@ def test_no_modules_import_each_other_in_a_loop() -> None:
         path.append(name)
         for target in sorted(graph[name]):
             if state.get(target) == 1:
-                loops.append(path[path.index(target) :] + [target])
+                loops.append([*path[path.index(target) :], target])
             elif target not in state:
                 visit(target)
         path.pop()
