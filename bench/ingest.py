@@ -363,7 +363,8 @@ def main() -> None:
         # of the machine falls on every scenario alike rather than on one of them.
         servers: dict[str, Server] = {}
         if "bare" in chosen:
-            servers["bare"] = Server(*stack.enter_context(reference_server("bare", [])), "bench")
+            base, pid = stack.enter_context(reference_server("bare", []))
+            servers["bare"] = Server(base, "bench", pid)
         if "embedded" in chosen:
             base, pid = stack.enter_context(p13n_server(None))
             servers["embedded"] = Server(base, "demo", pid)
