@@ -23,7 +23,9 @@ machine (ratios within one run): ``bench.front`` (CPU per cache hit, in-process)
 against 12.7 µs, plain, and 19.5 against 13.5 with an ``Origin``; ``bench.query`` cache hits at
 68% of the bare endpoint (71% before; goal 60%), gzipped 88% (66%); ``bench.ingest`` embedded at
 40%, 46% and 46% of bare in three runs against 59%, 47% and 40% before (goal 50%: met and
-missed by both on the loaded machine; the difference is within its noise). No goal is won back by a router of our own.
+missed by both on the loaded machine; the difference is within its noise). On an idle machine,
+back to back, five rounds each: embedded at 46% of bare before and 48% after. No goal is won
+back by a router of our own.
 """
 
 from __future__ import annotations
