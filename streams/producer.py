@@ -338,9 +338,7 @@ class Producer:
             _resolve([(p, _client_error(exc)) for p in batch])
             return
         except Exception as exc:  # a writer bug must not kill the thread and strand requests
-            log.exception("stream writer failed unexpectedly")
-            error = Unavailable(f"stream write failed: {type(exc).__name__}")
-            _resolve([(p, _client_error(error)) for p in batch])
+            _writer_bug(batch, exc)
             return
         self._backoff = UNAVAILABLE_BACKOFF[0]
         self._report(batch, stats, started)
@@ -359,9 +357,7 @@ class Producer:
                 _resolve([(p, _client_error(exc)) for p in batch])
             return
         except Exception as exc:  # a writer bug must not kill the thread and strand requests
-            log.exception("stream writer failed unexpectedly")
-            error = Unavailable(f"stream write failed: {type(exc).__name__}")
-            _resolve([(p, _client_error(error)) for p in batch])
+            _writer_bug(batch, exc)
             return
         self._backoff = UNAVAILABLE_BACKOFF[0]
         settled: Settled = []
@@ -450,6 +446,13 @@ def _client_error(exc: P13nError) -> Unavailable:
 
 def _size(entry: Entry) -> int:
     return len(entry.data) + len(entry.partition_key)
+
+
+def _writer_bug(batch: list[_Pending], exc: Exception) -> None:
+    """Log what the writer raised outside the error tree, and answer its batch 503."""
+    log.exception("stream writer failed unexpectedly", exc_info=exc)
+    error = Unavailable(f"stream write failed: {type(exc).__name__}")
+    _resolve([(p, _client_error(error)) for p in batch])
 
 
 def _resolve(settled: Settled) -> None:
