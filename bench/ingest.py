@@ -120,7 +120,7 @@ def cpu_seconds(pid: int) -> float:
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        except OSError:  # the process ended between the listing and the read
             continue
         # after the command: state, ppid, ... utime is field 14 and stime 15 of the whole line
         stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS)
@@ -184,6 +184,7 @@ def emulator(kind: str) -> Iterator[tuple[str, int]]:
 
 def kinesis_stream(endpoint: str, name: str, shards: int) -> None:
     import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
 
     client = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1")
     deadline = time.monotonic() + 30
@@ -191,7 +192,7 @@ def kinesis_stream(endpoint: str, name: str, shards: int) -> None:
         try:
             client.create_stream(StreamName=name, ShardCount=shards)
             break
-        except Exception:
+        except (BotoCoreError, ClientError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -430,9 +431,9 @@ def main() -> None:
         f"{os.cpu_count()} cores; each scenario's median round of {args.rounds}, taking turns;\n"
         "xsample, %bare and %emb: the median of the round-by-round ratios\n"
     )
-    header = f"{'scenario':40} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'xsample':>8} {'%bare':>6} {'%emb':>5} {'rec/ev':>7} {'B/ev':>6} {'ev/call':>7} {'non-2xx':>8}  rounds (events/s)"
-    print(header)
-    print("-" * len(header))
+    print_header(
+        f"{'scenario':40} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'xsample':>8} {'%bare':>6} {'%emb':>5} {'rec/ev':>7} {'B/ev':>6} {'ev/call':>7} {'non-2xx':>8}  rounds (events/s)"
+    )
     for r in results:
         non_2xx = sum(v for k, v in r["statuses_all"].items() if not k.startswith("2"))
         print(
@@ -452,6 +453,12 @@ def main() -> None:
     print(json.dumps(results))
 
 
+def print_header(header: str) -> None:
+    """A table's column names, underlined."""
+    print(header)
+    print("-" * len(header))
+
+
 def print_call_bound(results: list[dict], connections: int) -> None:
     """For the scenarios on the emulator: its CPU per stream write call, and the rate that
     alone allows. A request is answered only once the call carrying it has returned, so each
@@ -468,9 +475,9 @@ def print_call_bound(results: list[dict], connections: int) -> None:
         f"\nEmulator CPU per write call, and the most {connections} clients can get when each waits "
         "at least one call\n"
     )
-    header = f"{'scenario':40} {'ev/call':>7} {'emulator ms/call':>16} {'bound ev/s':>10} {'measured/bound':>14}"
-    print(header)
-    print("-" * len(header))
+    print_header(
+        f"{'scenario':40} {'ev/call':>7} {'emulator ms/call':>16} {'bound ev/s':>10} {'measured/bound':>14}"
+    )
     for r in rows:
         per_call = r["cpu_ms_per_event"]["emulator"] * r["events_per_write_call"]
         bound = connections * 1000 / per_call
@@ -488,9 +495,9 @@ def print_cpu(results: list[dict], cores: int) -> None:
         f"\nCPU ms per event (over all rounds) and the ceiling that cost allows on {cores} cores "
         "(cores / total CPU per event)\n"
     )
-    header = f"{'scenario':40} {'server':>7} {'emulator':>8} {'loadgen':>7} {'total':>7} {'ceiling ev/s':>12} {'measured/ceiling':>16}"
-    print(header)
-    print("-" * len(header))
+    print_header(
+        f"{'scenario':40} {'server':>7} {'emulator':>8} {'loadgen':>7} {'total':>7} {'ceiling ev/s':>12} {'measured/ceiling':>16}"
+    )
     for r in results:
         cpu = r["cpu_ms_per_event"]
         total = cpu["server"] + cpu["emulator"] + cpu["loadgen"]
