@@ -1,8 +1,9 @@
 """Per-record outcomes of one batch sent in several calls, with the ordering rule applied.
 
 The one ordering mechanism of every target that sends a batch in several calls (kinesis-stream,
-kinesis-firehose, http, lambda, personalize-event-tracker, evidently). Besides the rule of ``consumers.base`` (once a record fails with *retry*, its partition
-key's later records are not sent and are ``Deferred``), one more: a failed *call* is about the
+kinesis-firehose, http, lambda, personalize-event-tracker, evidently). Besides the rule of
+``consumers.base`` (once a record fails with *retry*, its partition key's later records are not
+sent and are ``Deferred``), one more: a failed *call* is about the
 destination, not about its records, so it ends the batch. After a retryable one (throttled,
 unreachable, timing out) the records not yet sent are ``Deferred`` — they were never tried, so
 the runner counts no attempt for them, and the destination is not hit again at once. After a
