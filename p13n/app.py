@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 
 import anyio.to_thread
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -126,7 +125,7 @@ class _Service:
         self.access_log = access_log
 
     @contextlib.asynccontextmanager
-    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(self, app: object) -> AsyncIterator[None]:
         self.producer.start()
         self.holder.start()
         # Everything built so far lives as long as the process: move it out of the collector's

@@ -3,6 +3,10 @@
 Every ``P13nError`` keeps its status and code; Starlette's own HTTP errors (unknown path,
 wrong method) get the same shape; anything else is logged with its traceback and answered as a
 500 that says nothing about the inside.
+
+``ErrorAnswers`` is the layer that does it, right around the router: what the router or an
+endpoint raises is answered there, below the layers that add headers, so an error's answer
+carries them like any other.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Mapping
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.errors import P13nError
 
@@ -69,4 +74,47 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "Unhandled", "InternalError", "An internal error occurred")
 
 
-HANDLERS = {P13nError: p13n_error, HTTPException: http_error, Exception: unexpected_error}
+class ErrorAnswers:
+    """Answers what ``app`` raises before its answer started: a ``P13nError`` or Starlette's
+    ``HTTPException`` with its JSON body; anything else with the 500 of ``unexpected_error``,
+    and then raises it again for the server to log, as Starlette's server-error middleware
+    does. After the answer started nothing can be answered any more: the error is raised.
+
+    It stands in for the two exception middlewares a ``Starlette`` application puts around its
+    router — one layer and one wrapped ``send`` instead of two of each, on every request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # Starlette's router and routes raise HTTPException for an unknown path or a method a
+        # route does not take only inside an application, which they recognise by
+        # ``scope["app"]``; outside one they answer in plain text themselves.
+        scope["app"] = self
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception as exc:
+            if started:
+                raise
+            request = Request(scope, receive)
+            if isinstance(exc, P13nError):
+                response = await p13n_error(request, exc)
+            elif isinstance(exc, HTTPException):
+                response = await http_error(request, exc)
+            else:
+                response = await unexpected_error(request, exc)
+                await response(scope, receive, send)
+                raise
+            await response(scope, receive, send)

@@ -1,12 +1,11 @@
 """The outermost layer: every HTTP request counted and timed by route template, and one
 access-log line for it (never headers or bodies: keys must not reach logs).
 
-Outermost so that it sees the answer every client sees, the 500 of the application's
-server-error handler included, with the route the router matched (``scope["route"]``) and the
-error code a handler left in the scope (``web.errors.ERROR_CODE_KEY``). An error raised by a
-layer below it before anything was answered (never by an endpoint: Starlette's server-error
-middleware answers those) is answered here the same way, then raised again for the server to
-log.
+Outermost so that it sees the answer every client sees, the 500 of ``web.errors.ErrorAnswers``
+included, with the route the router matched (``scope["route"]``) and the error code a handler
+left in the scope (``web.errors.ERROR_CODE_KEY``). An error raised by a layer below it before
+anything was answered (never by an endpoint: ``ErrorAnswers`` answers those) is answered here
+the same way, then raised again for the server to log.
 """
 
 from __future__ import annotations
