@@ -35,6 +35,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -73,6 +74,7 @@ class _Pending:
     seq: int = 0  # arrival order, to route again in order after a reshard
     lane: str = ""
     first_call: float = 0.0  # monotonic, when it was first in a call
+    deadline: float = 0.0  # loop.time(), when its put stops waiting (_Deadlines)
 
 
 @dataclass(eq=False, slots=True)
@@ -86,6 +88,58 @@ class _Lane:
 
 
 Settled = list[tuple[_Pending, Written | BaseException]]
+
+
+class _Deadlines:
+    """The puts of one event loop still waiting for their write, oldest first, and one timer
+    for the oldest of them.
+
+    Every put waits at most the same ``timeout``, so the order puts arrive in is the order
+    their deadlines fall in: one timer, set again for the next oldest each time it fires, does
+    what a timer per put would (a timer set and cancelled for each of thousands of puts a
+    second cost 2.5 µs of the event loop's thread each). Puts already settled leave from the
+    head as new ones arrive, so what is held is about what is in flight. On the loop's
+    thread only. A producer serving another loop starts a watch of its own; the old one
+    still fires for the puts it holds.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        timeout: float,
+        expire: Callable[[_Pending], None],
+    ) -> None:
+        self.loop = loop
+        self._timeout = timeout
+        self._expire = expire
+        self._waiting: deque[_Pending] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, pending: _Pending) -> None:
+        waiting = self._waiting
+        while waiting and _settled(waiting[0]):
+            waiting.popleft()
+        pending.deadline = self.loop.time() + self._timeout
+        waiting.append(pending)
+        if self._timer is None:
+            self._timer = self.loop.call_at(pending.deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        waiting = self._waiting
+        now = self.loop.time()
+        while waiting:
+            head = waiting[0]
+            if not _settled(head) and head.deadline > now:
+                self._timer = self.loop.call_at(head.deadline, self._fire)
+                return
+            waiting.popleft()
+            if not _settled(head):
+                self._expire(head)
+
+
+def _settled(pending: _Pending) -> bool:
+    return pending.future is None or pending.future.done()
 
 
 class Producer:
@@ -109,6 +163,8 @@ class Producer:
         # than the default re-entrant one (every put takes it).
         self._lock = threading.Condition(threading.Lock())
         self._closing = False
+        # The waiting puts of the event loop that last put (see _Deadlines).
+        self._deadlines: _Deadlines | None = None
         self._unavailable_until = 0.0
         self._backoff = UNAVAILABLE_BACKOFF[0]
         senders = max(1, config.max_in_flight) if self._laned is not None else 1
@@ -138,16 +194,16 @@ class Producer:
         future: asyncio.Future[Written] = loop.create_future()
         pending = _Pending(entry, _size(entry), time.monotonic(), loop, future)
         self._enqueue(pending)
-        # A plain timer, not asyncio.wait_for: this is the hot path, and wait_for wraps the
-        # future in a task of its own.
-        timer = loop.call_later(self._config.put_timeout_ms / 1000, self._expire, pending)
-        try:
-            return await future
-        finally:
-            timer.cancel()
+        watch = self._deadlines
+        if watch is None or watch.loop is not loop:
+            watch = self._deadlines = _Deadlines(
+                loop, self._config.put_timeout_ms / 1000, self._expire
+            )
+        watch.add(pending)
+        return await future
 
     def _expire(self, pending: _Pending) -> None:
-        """On the event loop: the put waited too long. Withdraw it if still queued; an entry
+        """On the event loop (``_Deadlines``): the put waited too long. Withdraw it if still queued; an entry
         already in a call may still be written (at least once), but its caller is told to
         retry."""
         with self._lock:

@@ -160,6 +160,58 @@ def test_put_times_out_and_withdraws_the_entry():
     assert [e.data for b in writer.batches for e in b] == [b"first"]
 
 
+def test_every_put_gets_its_own_deadline_from_the_one_timer_of_its_loop():
+    """Puts settled, timed out and cancelled in any mix: each waits at most ``putTimeoutMs``
+    from its own start, also after the waiting ones have all gone and new ones come."""
+    writer = RecordingWriter()
+    producer = Producer(writer, ProducerConfig(linger_ms=0, put_timeout_ms=300))
+    producer.start()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        # Written at once: nothing times out.
+        assert len(await asyncio.gather(*(producer.put(Entry("k", b"w")) for _ in range(5)))) == 5
+        writer.entered.clear()
+        writer.gate.clear()  # the writer holds the next call
+        held = asyncio.ensure_future(producer.put(Entry("k", b"held")))
+        await asyncio.to_thread(writer.entered.wait, 5)
+        cancelled = asyncio.ensure_future(producer.put(Entry("k", b"cancelled")))
+        started = loop.time()
+        early = asyncio.ensure_future(producer.put(Entry("k", b"early")))
+        await asyncio.sleep(0.15)
+        later_start = loop.time()
+        later = asyncio.ensure_future(producer.put(Entry("k", b"later")))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        with pytest.raises(Unavailable, match="in time"):
+            await early
+        early_waited = loop.time() - started
+        with pytest.raises(Unavailable, match="in time"):
+            await later
+        later_waited = loop.time() - later_start
+        assert 0.25 <= early_waited < 1.0 and 0.25 <= later_waited < 1.0
+        assert loop.time() - started >= 0.4  # "later" had a deadline of its own
+        writer.gate.set()
+        await asyncio.gather(held, return_exceptions=True)
+        # Nothing is waiting now; a new put that stalls still gets its deadline.
+        writer.gate.clear()
+        writer.entered.clear()
+        first_again = asyncio.ensure_future(producer.put(Entry("k", b"again")))
+        await asyncio.to_thread(writer.entered.wait, 5)
+        with pytest.raises(Unavailable, match="in time"):
+            await first_again
+        writer.gate.set()
+
+    run(main())
+    producer.close()
+    # Withdrawn puts were never written: what was queued when its wait ran out stayed out,
+    # and the cancelled put's entry, older than putTimeoutMs when the writer was free again,
+    # was dropped from its batch.
+    written = [e.data for b in writer.batches for e in b]
+    assert written.count(b"w") == 5
+    assert b"early" not in written and b"later" not in written and b"cancelled" not in written
+
+
 class LanedFake:
     """A function-backed ``LanedWriter``: lanes from a dict, calls held at a gate."""
 
