@@ -100,6 +100,7 @@ def _serve_workers(args: argparse.Namespace, config: ConfigHolder, sock: socket.
             http=JsonErrorsProtocol,
             log_config=None,
             access_log=False,
+            proxy_headers=False,  # see _serve_here
         )
     finally:
         config.stop()
@@ -133,6 +134,10 @@ def _serve_here(args: argparse.Namespace, config: ConfigHolder, sock: socket.soc
             http=JsonErrorsProtocol,
             log_config=None,
             access_log=False,
+            # uvicorn's X-Forwarded-* rewrite of the client address and scheme is a layer on
+            # every request, and nothing here reads either (logs carry neither; links are
+            # relative).
+            proxy_headers=False,
             timeout_graceful_shutdown=30,
         )
     finally:
