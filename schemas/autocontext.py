@@ -260,6 +260,9 @@ class AutoContext:
     _memo: dict[Any, tuple[tuple[ContextField, tuple[Scalar, ...]], ...]] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
+    _event_memo: dict[Any, dict[str, Scalar]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None) -> AutoContext:
@@ -294,11 +297,12 @@ class AutoContext:
         return tuple(found.get(name) for name in order), minute
 
     def _resolved(
-        self, headers: Mapping[str, str], now: datetime
+        self, headers: Mapping[str, str], now: datetime, key: Any = None
     ) -> tuple[tuple[ContextField, tuple[Scalar, ...]], ...]:
         if not self.fields:  # most recommenders: not even the headers need normalising
             return ()
-        key = self._key(headers, now)
+        if key is None:
+            key = self._key(headers, now)
         known = self._memo.get(key)
         if known is not None:
             return known
@@ -318,11 +322,22 @@ class AutoContext:
         return {field.name: values for field, values in self._resolved(headers, now)}
 
     def for_event(self, headers: Mapping[str, str], now: datetime) -> dict[str, Scalar]:
-        """Event ``properties`` values: strings joined with ``|``, numbers their first value."""
-        return {
-            field.name: "|".join(map(_text, values)) if field.type == "string" else values[0]
-            for field, values in self._resolved(headers, now)
-        }
+        """Event ``properties`` values: strings joined with ``|``, numbers their first value.
+        Remembered by the same key as the values (every event of a request asks), and handed
+        out as a copy of its own."""
+        if not self.fields:
+            return {}
+        key = self._key(headers, now)
+        known = self._event_memo.get(key)
+        if known is None:
+            known = {
+                field.name: "|".join(map(_text, values)) if field.type == "string" else values[0]
+                for field, values in self._resolved(headers, now, key)
+            }
+            if len(self._event_memo) >= MEMO_SIZE:
+                self._event_memo.clear()
+            self._event_memo[key] = known
+        return dict(known)
 
     def for_context(self, headers: Mapping[str, str], now: datetime) -> dict[str, str]:
         """Personalize inference ``context``: every value as a string, joined with ``,``."""

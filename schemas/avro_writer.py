@@ -105,6 +105,10 @@ _HELPERS: dict[str, Any] = {
     "_bytes": _bytes,
     "_type_error": _type_error,
     "Mapping": Mapping,
+    # isinstance's tuples built once: a ``bytes | bytearray`` in the source is a new union
+    # object on every call.
+    "_BYTES_TYPES": (bytes, bytearray),
+    "_NOT_ARRAYS": (str, bytes, Mapping),
 }
 _CALLED = {"boolean": "_boolean", "float": "_float", "double": "_double", "bytes": "_bytes"}
 
@@ -167,7 +171,7 @@ class _Generator:
         elif kind == "fixed":
             self.line(
                 indent,
-                f"if not isinstance({var}, bytes | bytearray) or len({var}) != {int(schema['size'])}:",
+                f"if not isinstance({var}, _BYTES_TYPES) or len({var}) != {int(schema['size'])}:",
             )
             self.line(indent + 1, f"raise ValueError('expected {int(schema['size'])} bytes')")
             self.line(indent, f"out += {var}")
@@ -205,9 +209,7 @@ class _Generator:
 
     def array(self, items: Any, var: str, indent: int) -> None:
         element = self.name("e")
-        self.line(
-            indent, f"if type({var}) is not list and isinstance({var}, str | bytes | Mapping):"
-        )
+        self.line(indent, f"if type({var}) is not list and isinstance({var}, _NOT_ARRAYS):")
         self.line(indent + 1, f"raise _type_error('an array', {var})")
         self.line(indent, f"if {var}:")
         self.line(indent + 1, f"n = len({var}) << 1")

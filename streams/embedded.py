@@ -131,6 +131,7 @@ class EmbeddedWriter:
         self._path = path
         self._map = ShardMap(open_log(path, shards))
         self._index = {s.shard_id: i for i, s in enumerate(self._map.shards)}
+        self._shard_ids = [s.shard_id for s in self._map.shards]  # by index
         self._retention_ms = int(retention_hours * 3600 * 1000)
         self._conn = connect(path)
         self._next_trim = time.monotonic() + TRIM_EVERY_SECONDS
@@ -196,7 +197,8 @@ class EmbeddedWriter:
         except sqlite3.Error as exc:
             self._last = None
             raise Unavailable(f"embedded stream write failed: {exc}", retry_after=1) from exc
-        written = [Written(shard_id(idx), str(rows[i * 5 + 1])) for i, idx in enumerate(routed)]
+        ids = self._shard_ids
+        written = [Written(ids[idx], str(rows[i * 5 + 1])) for i, idx in enumerate(routed)]
         if time.monotonic() >= self._next_trim:
             self.trim(now_ms)
         size = sum(len(e.data) + len(e.partition_key.encode()) for e in entries)
