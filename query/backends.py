@@ -52,7 +52,7 @@ class Backends:
         return self.metadata[key]
 
     def post_processor(self, ns: Namespace, rec: Recommender) -> PostProcessor | None:
-        if not rec.response_post_processor:
+        if rec.response_post_processor is None:
             return None
         key = (ns.key, rec.action, rec.name)
         found = self.post_processors.get(key)

@@ -29,27 +29,27 @@ from typing import Any
 import anyio.to_thread
 
 from query.base import MAX_RESULTS, Query, Recommendations
-from schemas.config import Recommender, Variation, thawed
+from schemas.config import PostProcessorConfig, Recommender, Variation, thawed
 from schemas.errors import RetryableError, UpstreamError
 
 PAYLOAD_VERSION = "1.0"
 
 
-def look_ahead(settings: Mapping[str, Any] | None, num_results: int) -> int:
+def look_ahead(settings: PostProcessorConfig | None, num_results: int) -> int:
     """How many items to ask the recommender for, so the post-processor has room to drop."""
-    if not settings or "lookAheadMultiplier" not in settings:
+    if settings is None or settings.look_ahead_multiplier is None:
         return num_results
-    wanted = math.ceil(num_results * float(settings["lookAheadMultiplier"]))
-    if "lookAheadMaximumValue" in settings:
-        wanted = min(wanted, int(settings["lookAheadMaximumValue"]))
+    wanted = math.ceil(num_results * settings.look_ahead_multiplier)
+    if settings.look_ahead_maximum is not None:
+        wanted = min(wanted, settings.look_ahead_maximum)
     return max(num_results, min(wanted, MAX_RESULTS))
 
 
 class PostProcessor:
     def __init__(
-        self, settings: Mapping[str, Any], recommender: Recommender, timeout_s: float = 5.0
+        self, settings: PostProcessorConfig, recommender: Recommender, timeout_s: float = 5.0
     ) -> None:
-        self.arn = str(settings["arn"])
+        self.arn = settings.arn
         self._timeout = timeout_s
         self._client: Any = None
         # Thawed once: the payload carries them on every call.

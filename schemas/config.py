@@ -244,12 +244,35 @@ class Variation:
 
 
 @dataclass(frozen=True)
+class PostProcessorConfig:
+    """``responsePostProcessor``: the Lambda function that may rewrite an answer, and how many
+    more items than asked for to get from the recommender first (``lookAheadMultiplier``,
+    capped at ``lookAheadMaximumValue``), so it can drop some and still fill the page."""
+
+    arn: str
+    look_ahead_multiplier: float | None = None
+    look_ahead_maximum: int | None = None
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any] | None) -> PostProcessorConfig | None:
+        if not doc:
+            return None
+        multiplier = doc.get("lookAheadMultiplier")
+        maximum = doc.get("lookAheadMaximumValue")
+        return cls(
+            arn=str(doc["arn"]),
+            look_ahead_multiplier=float(multiplier) if multiplier is not None else None,
+            look_ahead_maximum=int(maximum) if maximum is not None else None,
+        )
+
+
+@dataclass(frozen=True)
 class Recommender:
     action: str
     name: str
     variations: Mapping[str, Variation]
     experiments: Mapping[str, Experiment]
-    response_post_processor: Mapping[str, Any] | None
+    response_post_processor: PostProcessorConfig | None
     auto_context: AutoContext
     filters: tuple[Mapping[str, Any], ...]
     cache_control: CacheControl
@@ -618,7 +641,7 @@ def _recommender(
         name=name,
         variations=MappingProxyType(variations),
         experiments=MappingProxyType(experiments),
-        response_post_processor=_frozen(doc.get("responsePostProcessor")),
+        response_post_processor=PostProcessorConfig.from_document(doc.get("responsePostProcessor")),
         document=_with_inherited(doc, own),
         **_inherited_fields(own),
     )

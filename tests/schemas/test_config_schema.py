@@ -529,7 +529,7 @@ def test_the_samples_slashed_lambda_arns_are_read_as_lambda_names_them() -> None
     rec = shop.recommenders["recommend-items"]["for-you"]
     assert rec.variations["main"].options["arn"] == LAMBDA_ARN
     assert rec.response_post_processor is not None
-    assert rec.response_post_processor["arn"] == LAMBDA_ARN + ":live"
+    assert rec.response_post_processor.arn == LAMBDA_ARN + ":live"
     assert shop.event_targets[0].options["functionArn"] == LAMBDA_ARN
 
 
