@@ -2,9 +2,10 @@
 
 Every server and the load generator run as separate processes; Kinesis is the kinesis-local
 emulator (npm, installed by the test command in tests/emulators) or, with ``--emulator moto``,
-moto in server mode. In the same run it measures two references: the sample project's way (one
+moto in server mode. In the same run it measures its references: the sample project's way (one
 synchronous PutRecord of the request JSON per request, against the same emulator) and a bare
-endpoint that answers 202 without work on the same server stack. It prints, per scenario:
+endpoint that answers 202 without work on the same server stack (p13n's protocol; and, as
+``bare-uvicorn``, on uvicorn's own, the bare endpoint of earlier stops). It prints, per scenario:
 events/s per round, p50/p99 acknowledgement latency, the median of the round-by-round ratios,
 and for p13n the stream records and bytes per event (from /metrics).
 
@@ -306,7 +307,7 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise SystemExit(f"port {port} did not open")
 
 
-SCENARIOS = ("bare", "embedded", "kinesis", "sample")
+SCENARIOS = ("bare", "bare-uvicorn", "embedded", "kinesis", "sample")
 
 
 def scenario_list(text: str) -> list[str]:
@@ -352,6 +353,7 @@ def main() -> None:
 
     labels = {
         "bare": "bare endpoint (202, no work)",
+        "bare-uvicorn": "bare endpoint, uvicorn's own protocol",
         "embedded": "p13n embedded",
         "kinesis": f"p13n kinesis ({args.emulator})",
         "sample": "sample's way (PutRecord per request)",
@@ -363,9 +365,10 @@ def main() -> None:
         # Every server runs for the whole benchmark; the rounds take turns, so a slow spell
         # of the machine falls on every scenario alike rather than on one of them.
         servers: dict[str, Server] = {}
-        if "bare" in chosen:
-            base, pid = stack.enter_context(reference_server("bare", []))
-            servers["bare"] = Server(base, "bench", pid)
+        for bare in ("bare", "bare-uvicorn"):
+            if bare in chosen:
+                base, pid = stack.enter_context(reference_server(bare, []))
+                servers[bare] = Server(base, "bench", pid)
         if "embedded" in chosen:
             base, pid = stack.enter_context(p13n_server(None))
             servers["embedded"] = Server(base, "demo", pid)
@@ -425,6 +428,7 @@ def main() -> None:
     for key, result in zip(servers, results, strict=True):
         result["x_sample"] = round(paired(key, "sample"), 2)
         result["share_of_bare"] = round(paired(key, "bare"), 3)
+        result["share_of_bare_uvicorn"] = round(paired(key, "bare-uvicorn"), 3)
         result["share_of_embedded"] = round(paired(key, "embedded"), 3)
     print(
         f"\nPOST /events — {args.connections} clients, one event per request, keep-alive; "
@@ -443,6 +447,16 @@ def main() -> None:
             f"{r.get('stream_records_per_event', float('nan')):>7.3f} {r.get('stream_bytes_per_event', float('nan')):>6.1f} "
             f"{r.get('events_per_write_call', float('nan')):>7.1f} {non_2xx:>8}  "
             + " ".join(f"{v:.0f}" for v in r["rps_all"])
+        )
+    if "bare-uvicorn" in rounds:
+        print(
+            "\n%bare is against the bare endpoint on p13n's protocol; against the one on uvicorn's "
+            "own protocol: "
+            + ", ".join(
+                f"{r['name']} {100 * r['share_of_bare_uvicorn']:.0f}%"
+                for r in results
+                if not r["name"].startswith("bare")
+            )
         )
     print(
         "\nrec/ev: stream records per event (a KPL aggregate counts once); B/ev: stream bytes per event "

@@ -4,7 +4,11 @@ On the same stack as p13n (uvicorn + Starlette):
 
 * ``bare``: answers without doing anything — the ceiling of the server stack itself. POST
   ``/events/{ns}`` answers 202; GET ``/recommend-items/{ns}/{recommender}/{userId}`` answers a
-  fixed body as large as p13n's decorated 25-item answer (``DECORATED_BODY``).
+  fixed body as large as p13n's decorated 25-item answer (``DECORATED_BODY``). It runs on the
+  protocol ``p13n serve`` runs (``web.protocol``: each answer written in one piece), so that
+  what p13n's own protocol saves counts for the ceiling too.
+* ``bare-uvicorn``: the same app on uvicorn's own protocol (head and body as two writes): the
+  bare endpoint of the stops before ``web.protocol`` wrote answers in one piece.
 * ``sample``: the sample project's way of handling an event: one synchronous Kinesis PutRecord
   of the request's JSON per request, answered when it returns.
 
@@ -152,7 +156,7 @@ def sample_app(stream: str, endpoint_url: str, region: str) -> Starlette:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["bare", "sample", "recommender"])
+    parser.add_argument("kind", choices=["bare", "bare-uvicorn", "sample", "recommender"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--stream")
     parser.add_argument("--endpoint-url")
@@ -161,9 +165,21 @@ def main() -> None:
     if args.kind == "recommender":
         run_recommender(args.port)
         return
+    if args.kind == "bare":
+        from web.protocol import JsonErrorsProtocol
+
+        uvicorn.run(
+            bare_app(),
+            host="127.0.0.1",
+            port=args.port,
+            http=JsonErrorsProtocol,
+            log_level="warning",
+            access_log=False,
+        )
+        return
     app = (
         bare_app()
-        if args.kind == "bare"
+        if args.kind == "bare-uvicorn"
         else sample_app(args.stream, args.endpoint_url, args.region)
     )
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
