@@ -203,9 +203,9 @@ class Producer:
         return await future
 
     def _expire(self, pending: _Pending) -> None:
-        """On the event loop (``_Deadlines``): the put waited too long. Withdraw it if still queued; an entry
-        already in a call may still be written (at least once), but its caller is told to
-        retry."""
+        """On the event loop (``_Deadlines``): the put waited too long. Withdraw it if still
+        queued; an entry already in a call may still be written (at least once), but its caller
+        is told to retry."""
         with self._lock:
             pending.cancelled = True
         if pending.future is not None and not pending.future.done():

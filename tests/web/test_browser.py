@@ -143,5 +143,14 @@ def test_a_page_on_another_origin_sends_events_and_reads_recommendations(
         what="the preflight in the access log",
     )
     assert lines == ["OPTIONS /events/demo 204"]
-    posts = [m for m in access_lines(service) if m.startswith("POST /events/demo")]
+    posts = wait_until(
+        lambda: (
+            found
+            if len(found := [m for m in access_lines(service) if m.startswith("POST /events/demo")])
+            >= 2
+            else None
+        ),
+        timeout=10,
+        what="both posts in the access log",
+    )
     assert sorted(posts) == ["POST /events/demo 202", "POST /events/demo 202"]
