@@ -242,6 +242,8 @@ class ContextField:
 
 # How many distinct inputs (header values, minute) an AutoContext remembers the result of.
 MEMO_SIZE = 4096
+# The fields that have a value, with all their (cast) values in order.
+_Resolved = tuple[tuple[ContextField, tuple[Scalar, ...]], ...]
 
 
 @dataclass(frozen=True)
@@ -257,10 +259,8 @@ class AutoContext:
     """
 
     fields: tuple[ContextField, ...] = ()
-    _memo: dict[Any, tuple[tuple[ContextField, tuple[Scalar, ...]], ...]] = dataclasses.field(
-        default_factory=dict, init=False, repr=False, compare=False, hash=False
-    )
-    _event_memo: dict[Any, dict[str, Scalar]] = dataclasses.field(
+    # key -> the fields' values, and ``for_event``'s properties made of them (every event asks)
+    _memo: dict[Any, tuple[_Resolved, dict[str, Scalar]]] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
 
@@ -296,48 +296,42 @@ class AutoContext:
             )
         return tuple(found.get(name) for name in order), minute
 
-    def _resolved(
-        self, headers: Mapping[str, str], now: datetime, key: Any = None
-    ) -> tuple[tuple[ContextField, tuple[Scalar, ...]], ...]:
+    def _known(
+        self, headers: Mapping[str, str], now: datetime
+    ) -> tuple[_Resolved, dict[str, Scalar]]:
+        key = self._key(headers, now)
+        known = self._memo.get(key)
+        if known is None:
+            request = _Request(headers, now)
+            resolved = tuple(
+                (context_field, values)
+                for context_field in self.fields
+                if (values := context_field._values(request))
+            )
+            event = {
+                field.name: "|".join(map(_text, values)) if field.type == "string" else values[0]
+                for field, values in resolved
+            }
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            known = self._memo[key] = (resolved, event)
+        return known
+
+    def _resolved(self, headers: Mapping[str, str], now: datetime) -> _Resolved:
         if not self.fields:  # most recommenders: not even the headers need normalising
             return ()
-        if key is None:
-            key = self._key(headers, now)
-        known = self._memo.get(key)
-        if known is not None:
-            return known
-        request = _Request(headers, now)
-        resolved = tuple(
-            (context_field, values)
-            for context_field in self.fields
-            if (values := context_field._values(request))
-        )
-        if len(self._memo) >= MEMO_SIZE:
-            self._memo.clear()
-        self._memo[key] = resolved
-        return resolved
+        return self._known(headers, now)[0]
 
     def resolve(self, headers: Mapping[str, str], now: datetime) -> dict[str, tuple[Scalar, ...]]:
         """Every field that has a value, with all its (cast) values in order."""
         return {field.name: values for field, values in self._resolved(headers, now)}
 
     def for_event(self, headers: Mapping[str, str], now: datetime) -> dict[str, Scalar]:
-        """Event ``properties`` values: strings joined with ``|``, numbers their first value.
-        Remembered by the same key as the values (every event of a request asks), and handed
-        out as a copy of its own."""
+        """Event ``properties`` values: strings joined with ``|``, numbers their first value
+        (remembered with the values; each caller gets a copy of its own)."""
         if not self.fields:
             return {}
-        key = self._key(headers, now)
-        known = self._event_memo.get(key)
-        if known is None:
-            known = {
-                field.name: "|".join(map(_text, values)) if field.type == "string" else values[0]
-                for field, values in self._resolved(headers, now, key)
-            }
-            if len(self._event_memo) >= MEMO_SIZE:
-                self._event_memo.clear()
-            self._event_memo[key] = known
-        return dict(known)
+        return dict(self._known(headers, now)[1])
 
     def for_context(self, headers: Mapping[str, str], now: datetime) -> dict[str, str]:
         """Personalize inference ``context``: every value as a string, joined with ``,``."""
