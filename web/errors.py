@@ -115,6 +115,6 @@ class ErrorAnswers:
                 response = await http_error(request, exc)
             else:
                 response = await unexpected_error(request, exc)
-                await response(scope, receive, send)
-                raise
             await response(scope, receive, send)
+            if not isinstance(exc, P13nError | HTTPException):
+                raise  # unexpected: the server logs it too
