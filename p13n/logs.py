@@ -67,7 +67,7 @@ class AccessLog:
     """One JSON line per request, buffered: the event loop appends, and the lines are written
     in one call once 32 KiB have gathered or a quarter second after the first of them (a timer
     on the event loop, so the last lines of a burst do not wait for the next request), and on
-    ``flush``.
+    ``flush``. Off an event loop only the size and ``flush`` write them.
 
     Going through ``logging`` would cost a LogRecord, a handler lock and a write system call
     per request — a quarter of the service's throughput. Lines land whole, in order, on the
@@ -83,7 +83,6 @@ class AccessLog:
         self._encoder = msgspec.json.Encoder()
         self._lines: list[bytes] = []
         self._size = 0
-        self._flushed_at = time.monotonic()
         self._second = -1
         self._second_text = ""
         self._timer_armed = False
@@ -126,16 +125,13 @@ class AccessLog:
             self._arm_timer()
         self._lines.append(line)
         self._size += len(line)
-        if (
-            self._size >= self.FLUSH_BYTES
-            or time.monotonic() - self._flushed_at >= self.FLUSH_SECONDS
-        ):
+        if self._size >= self.FLUSH_BYTES:
             self.flush()
 
     def _arm_timer(self) -> None:
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # not on an event loop: the next line or flush() writes it
+        except RuntimeError:  # not on an event loop: 32 KiB or flush() writes the lines
             return
         self._timer_armed = True
         loop.call_later(self.FLUSH_SECONDS, self._timed_flush)
@@ -145,7 +141,6 @@ class AccessLog:
         self.flush()
 
     def flush(self) -> None:
-        self._flushed_at = time.monotonic()
         if not self._lines:
             return
         data = b"".join(self._lines)
