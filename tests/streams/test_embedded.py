@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import sqlite3
 import time
 from collections import defaultdict
 
 import pytest
 
 from schemas.errors import ConfigError
-from streams.base import Entry, Position
+from streams.base import Entry, Position, Shard
 from streams.checkpoints import SqliteCheckpointStore
 from streams.embedded import EmbeddedReader, EmbeddedWriter
 from streams.hashing import MAX_HASH_KEY, ShardMap, equal_ranges, hash_key
@@ -196,3 +197,82 @@ def test_a_writer_idle_past_retention_never_reuses_a_trimmed_number(tmp_path):
     written, _ = idle.put_batch([Entry("k", b"d")])
     assert written[0].sequence_number == "4"
     assert [(r.sequence_number, r.data) for r in read_all(EmbeddedReader(path))] == [("4", b"d")]
+
+
+def test_a_batch_is_one_chunk_per_shard_it_touches(tmp_path):
+    path = str(tmp_path / "s.db")
+    writer = EmbeddedWriter(path, shards=4)
+    batch = [Entry(f"key-{i}", f"{i}".encode()) for i in range(40)]
+    written, _ = writer.put_batch(batch)
+    touched = {w.shard_id for w in written}
+    conn = sqlite3.connect(path)
+    (chunks,) = conn.execute("SELECT count(*) FROM chunks").fetchone()
+    conn.close()
+    assert chunks == len(touched) > 1
+    by_id = {(r.shard_id, r.sequence_number): r.data for r in read_all(EmbeddedReader(path))}
+    assert [by_id[(w.shard_id, w.sequence_number)] for w in written] == [e.data for e in batch]
+
+
+# The format before chunks: one row per record (what logs written by earlier versions hold).
+_ROW_PER_RECORD = """
+CREATE TABLE shards (idx INTEGER PRIMARY KEY, shard_id TEXT NOT NULL UNIQUE,
+    start_hash TEXT NOT NULL, end_hash TEXT NOT NULL);
+CREATE TABLE shard_seq (idx INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL);
+CREATE TABLE records (idx INTEGER NOT NULL, seq INTEGER NOT NULL, partition_key TEXT NOT NULL,
+    data BLOB NOT NULL, arrival_ms INTEGER NOT NULL, PRIMARY KEY (idx, seq)) WITHOUT ROWID;
+CREATE TRIGGER records_fresh_seq BEFORE INSERT ON records
+WHEN NEW.seq <= (SELECT last_seq FROM shard_seq WHERE idx = NEW.idx) BEGIN
+    SELECT RAISE(ABORT, 'sequence number already used');
+END;
+CREATE TRIGGER records_last_seq AFTER INSERT ON records BEGIN
+    UPDATE shard_seq SET last_seq = NEW.seq WHERE idx = NEW.idx AND last_seq < NEW.seq;
+END;
+"""
+
+
+def test_a_log_written_a_row_per_record_is_converted_with_its_numbers(tmp_path):
+    """Nothing in a log from before chunks is lost: its records read back in order with the
+    same numbers, and new ones continue after them (also after trimmed ones)."""
+    path = str(tmp_path / "s.db")
+    ranges = equal_ranges(2)
+    shards = ShardMap(
+        [Shard(f"shardId-{i:012d}", start, end) for i, (start, end) in enumerate(ranges)]
+    )
+    first, second = (
+        next(
+            f"k{n}"
+            for n in itertools.count()
+            if shards.shard_for(hash_key(f"k{n}")).shard_id.endswith(str(i))
+        )
+        for i in (0, 1)
+    )
+    conn = sqlite3.connect(path)
+    conn.executescript(_ROW_PER_RECORD)
+    for index, (start, end) in enumerate(ranges):
+        conn.execute(
+            "INSERT INTO shards VALUES (?, ?, ?, ?)",
+            (index, f"shardId-{index:012d}", str(start), str(end)),
+        )
+        conn.execute("INSERT INTO shard_seq VALUES (?, 0)", (index,))
+    now_ms = int(time.time() * 1000)
+    for seq in range(1, 2501):
+        conn.execute(
+            "INSERT INTO records VALUES (0, ?, ?, ?, ?)", (seq, first, b"r%d" % seq, now_ms)
+        )
+    conn.execute("INSERT INTO records VALUES (1, 1, ?, x'00ff', ?)", (second, now_ms))
+    conn.execute("UPDATE shard_seq SET last_seq = 7 WHERE idx = 1")  # 2-7 were trimmed
+    conn.commit()
+    conn.close()
+
+    writer = EmbeddedWriter(path, shards=2)
+    records = read_all(EmbeddedReader(path))
+    assert [(r.shard_id, r.sequence_number, r.partition_key, r.data) for r in records] == [
+        ("shardId-000000000000", str(seq), first, b"r%d" % seq) for seq in range(1, 2501)
+    ] + [("shardId-000000000001", "1", second, b"\x00\xff")]
+    assert {r.arrival_ms for r in records} == {now_ms}
+    written, _ = writer.put_batch([Entry(first, b"next"), Entry(second, b"after trim")])
+    assert [(w.shard_id[-1], w.sequence_number) for w in written] == [("0", "2501"), ("1", "8")]
+    conn = sqlite3.connect(path)
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert "records" not in tables and "records_fresh_seq" not in tables
