@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from schemas.errors import P13nError, RetryableError
 from streams.base import UserRecord
@@ -76,3 +76,12 @@ class Target(Protocol):
     def deliver(self, batch: Sequence[Delivery]) -> Failures: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class CallsAws(Protocol):
+    """A target that may call AWS says so: without credentials its group pauses before it
+    starts, rather than failing every batch. ``calls_aws`` may follow its settings (the
+    archive calls AWS only for an ``s3://`` URI)."""
+
+    calls_aws: bool

@@ -41,9 +41,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from consumers.base import CallsAws, Target
 from consumers.deadletters import dead_letter_store
 from consumers.runner import ConsumerMetrics, GroupConsumer, RetryPolicy
-from consumers.targets import USES_AWS, TargetContext, build_target
+from consumers.targets import TargetContext, build_target
 from schemas.codec import Codec
 from schemas.config import Config, Namespace, TargetConfig
 from schemas.errors import ConfigError, OperatorError, P13nError, Unavailable
@@ -90,10 +91,14 @@ def placeholders(target: TargetConfig) -> list[str]:
     return found
 
 
-def missing_credentials(target: TargetConfig, config: Config) -> OperatorError | None:
-    """An ``OperatorError`` when the target calls AWS and boto3 finds no credentials."""
-    uris = (str(target.options.get("uri", "")), target.dead_letter_uri or config.dead_letter_uri)
-    if target.type not in USES_AWS and not any(u and u.startswith("s3://") for u in uris):
+def missing_credentials(
+    built: Target, target: TargetConfig, config: Config
+) -> OperatorError | None:
+    """An ``OperatorError`` when the built target (``CallsAws``) or its dead-letter store calls
+    AWS and boto3 finds no credentials."""
+    dead_letters = target.dead_letter_uri or config.dead_letter_uri or ""
+    calls_aws = isinstance(built, CallsAws) and built.calls_aws
+    if not calls_aws and not dead_letters.startswith("s3://"):
         return None
     import boto3
 
@@ -409,7 +414,7 @@ class ConsumerSet:
             try:
                 # A placeholder first (build refuses it): credentials would not fix that.
                 consumer = self.build(group.target, group.stop)
-                problem = missing_credentials(group.target, self.config)
+                problem = missing_credentials(consumer.target, group.target, self.config)
                 if problem is not None:
                     raise problem
                 if group.state == "paused":

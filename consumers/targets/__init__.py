@@ -42,11 +42,6 @@ REGISTRY: Mapping[str, str] = Registry(
     unknown="unknown event target type '{name}' ({group})",
 )
 
-# The types that call AWS: without credentials their groups pause before they start.
-USES_AWS = frozenset(
-    {"personalize-event-tracker", "kinesis-stream", "kinesis-firehose", "lambda", "evidently"}
-)
-
 
 def aws_client(service: str, config: TargetConfig, **options: Any) -> Any:
     """A boto3 client for a target, built in its ``open``. One attempt per call: the runner owns

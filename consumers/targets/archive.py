@@ -193,6 +193,7 @@ class ArchiveTarget:
         self.uri = settings.uri or "file://" + os.path.join(
             os.path.abspath(context.config.data_dir), "archive"
         )
+        self.calls_aws = self.uri.startswith("s3://")
         self.roll_seconds = settings.roll_seconds
         self.roll_bytes = settings.roll_bytes
         self.codec = settings.codec

@@ -105,6 +105,7 @@ class EvidentlyTarget:
             return cls(project)
 
     kinds = frozenset({INTERACTION, EXPOSURE})
+    calls_aws = True
 
     def __init__(
         self, config: TargetConfig, context: TargetContext, *, timeout: float = 5.0

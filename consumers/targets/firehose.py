@@ -42,6 +42,7 @@ class FirehoseTarget:
             return cls(options["streamName"])
 
     kinds = frozenset({INTERACTION})
+    calls_aws = True
 
     def __init__(self, config: TargetConfig, context: TargetContext) -> None:
         self.name = config.name

@@ -50,6 +50,7 @@ class KinesisStreamTarget:
             return settings
 
     kinds = frozenset({INTERACTION})
+    calls_aws = True
 
     def __init__(self, config: TargetConfig, context: TargetContext) -> None:
         self.name = config.name

@@ -48,6 +48,7 @@ class LambdaTarget:
             return cls(options["functionArn"])
 
     kinds = frozenset({INTERACTION})
+    calls_aws = True
 
     def __init__(self, config: TargetConfig, context: TargetContext) -> None:
         self.name = config.name

@@ -65,6 +65,7 @@ class PersonalizeTarget:
             return cls(options["trackingId"], options.get("maxCallsPerSecond"))
 
     kinds = frozenset({INTERACTION})
+    calls_aws = True
 
     def __init__(self, config: TargetConfig, context: TargetContext) -> None:
         self.name = config.name

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from consumers.deadletters import FileDeadLetterStore
-from consumers.supervisor import find_placeholders, placeholders
-from schemas.config import TargetConfig
+from consumers.supervisor import find_placeholders, missing_credentials, placeholders
+from consumers.targets import TargetContext, build_target
+from schemas.codec import Codec
+from schemas.config import TargetConfig, default_document, load_config
 from schemas.errors import OperatorError
 from streams.base import Entry
 from streams.checkpoints import GroupLock, SqliteCheckpointStore
@@ -100,3 +102,44 @@ def test_an_operator_error_leaves_the_batch_unsettled_and_uncounted(embedded) ->
         pass
     assert fixed.delivered == [f"s-{n}" for n in range(5)]
     assert denied.attempts["s-0"] == 1  # no retry loop spent on it
+
+
+@pytest.mark.parametrize(
+    ("target_type", "options", "dead_letters", "pauses"),
+    [
+        ("archive", {}, None, False),  # file://<dataDir>/archive
+        ("archive", {"uri": "s3://bucket/archive"}, None, True),
+        ("http", {"url": "http://127.0.0.1:9/x"}, None, False),
+        ("http", {"url": "http://127.0.0.1:9/x"}, "s3://bucket/dead", True),
+        ("kinesis-stream", {"streamName": "s"}, None, True),
+    ],
+)
+def test_only_targets_and_stores_that_call_aws_pause_without_credentials(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    target_type: str,
+    options: dict,
+    dead_letters: str | None,
+    pauses: bool,
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    config = load_config(default_document())
+    target = TargetConfig(
+        type=target_type,
+        name="t",
+        namespace="demo",
+        options=options,
+        region="us-east-1",
+        dead_letter_uri=dead_letters,
+    )
+    built = build_target(target, TargetContext(config, Codec.packaged()))
+    problem = missing_credentials(built, target, config)
+    assert (problem is not None) == pauses
+    if problem is not None:
+        assert (
+            problem.code == "NoCredentialsError" and "demo/t: no AWS credentials" in problem.message
+        )
