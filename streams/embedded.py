@@ -10,8 +10,9 @@ batch, numbered ``first_seq`` to ``last_seq`` in order, as one MessagePack array
 the records at or before their position, so a position may fall inside a chunk. Why chunks and
 not a row per record: inserting a row cost SQLite ~5 µs per record (B-tree, triggers), which
 lengthened every commit the waiting requests sit through; a chunk costs about as much as a
-row, and a batch of 50 records on 4 shards is 4 rows (bench.ingest, the same run: 38% → 42%
-of the bare endpoint).
+row, and a batch of 50 records on 4 shards is 4 rows. Measured with the service's app side by
+side with and without chunks (POST /events, 50 clients): 34% → 38% and 37% → 42% of the bare
+endpoint in two runs, 0.165 → 0.142 ms of server CPU per event in the first.
 
 All the chunks of a batch are one multi-row ``INSERT`` — one statement, so one atomic
 transaction (a batch touching more than ``_INSERT_ROWS`` shards is one such statement per
