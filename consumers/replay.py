@@ -54,7 +54,6 @@ from schemas.errors import ConfigError, RecordError
 from streams.base import Position, Shard, ShardCursor
 from streams.pacing import TokenBucket
 
-DEFAULT_BATCH = 500
 PROGRESS_EVERY = 2048  # items read between progress reports
 
 
@@ -232,9 +231,7 @@ def replay(
     identity = {"source": source.uri, "target": target_config.group, **filters.identity()}
     path = state_path(config, identity)
     state = ReplayState.load(path, identity) if resume else ReplayState(path, identity)
-    size, bucket = _pace(
-        target_config.batch_size or config.consumer.get("batchSize", DEFAULT_BATCH), rate
-    )
+    size, bucket = _pace(target_config.batch_size or config.consumer.batch_size, rate)
     run = _Run(
         source,
         filters,
@@ -347,12 +344,7 @@ def _consumer(
     stop: threading.Event,
 ) -> GroupConsumer:
     defaults = config.consumer
-    policy = RetryPolicy(
-        max_attempts=target_config.max_attempts
-        or defaults.get("maxAttempts", RetryPolicy.max_attempts),
-        max_record_age_seconds=target_config.max_record_age_seconds
-        or defaults.get("maxRecordAgeSeconds", RetryPolicy.max_record_age_seconds),
-    )
+    policy = RetryPolicy.for_target(target_config, defaults)
     nothing = _NoStream()
     return GroupConsumer(
         group,

@@ -33,6 +33,7 @@ from consumers.base import Deferred, Delivery, Target
 from consumers.deadletters import DeadLetter, DeadLetterStore
 from consumers.leases import ShardLeases
 from schemas.codec import INTERACTION, Codec
+from schemas.config import ConsumerDefaults, TargetConfig
 from schemas.errors import (
     OperatorError,
     P13nError,
@@ -66,6 +67,16 @@ class RetryPolicy:
     max_record_age_seconds: float = 6 * 3600
     base_delay: float = 0.05
     max_delay: float = 10.0
+
+    @classmethod
+    def for_target(cls, target: TargetConfig, defaults: ConsumerDefaults) -> RetryPolicy:
+        """The target's own bounds, else the config's ``consumer`` defaults, else ours."""
+        return cls(
+            max_attempts=target.max_attempts or defaults.max_attempts or cls.max_attempts,
+            max_record_age_seconds=target.max_record_age_seconds
+            or defaults.max_record_age_seconds
+            or cls.max_record_age_seconds,
+        )
 
     def wait(self, retry_state: RetryCallState) -> float:
         """A tenacity wait strategy: full jitter up to the exponential bound, but never sooner

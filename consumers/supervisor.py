@@ -161,7 +161,7 @@ def _fingerprint(config: Config, target: TargetConfig) -> str:
         [
             repr(target),
             _plain(namespace),
-            _plain(config.consumer),
+            repr(config.consumer),
             config.dead_letter_uri,
             _plain(config.experiment_store),
         ],
@@ -215,12 +215,7 @@ class ConsumerSet:
         defaults = config.consumer
         codec = Codec.packaged()
         built = build_target(target, TargetContext(config, codec))
-        policy = RetryPolicy(
-            max_attempts=target.max_attempts
-            or defaults.get("maxAttempts", RetryPolicy.max_attempts),
-            max_record_age_seconds=target.max_record_age_seconds
-            or defaults.get("maxRecordAgeSeconds", RetryPolicy.max_record_age_seconds),
-        )
+        policy = RetryPolicy.for_target(target, defaults)
         return GroupConsumer(
             target.group,
             target.namespace,
@@ -230,9 +225,9 @@ class ConsumerSet:
             dead_letter_store(target.dead_letter_uri or config.dead_letter_uri, config.data_dir),
             codec,
             kinds=built.kinds,
-            batch_size=target.batch_size or defaults.get("batchSize", 500),
+            batch_size=target.batch_size or defaults.batch_size,
             policy=policy,
-            poll_seconds=defaults.get("pollIntervalMs", 200) / 1000,
+            poll_seconds=defaults.poll_interval_ms / 1000,
             metrics=self.metrics,
             stop=stop,
         )

@@ -190,6 +190,28 @@ class CompressionConfig:
 
 
 @dataclass(frozen=True)
+class ConsumerDefaults:
+    """The ``consumer`` block: defaults for every consumer group. A target's own
+    ``batchSize``, ``maxAttempts`` and ``maxRecordAgeSeconds`` win; None leaves the runner's
+    own default (``consumers.runner.RetryPolicy``)."""
+
+    batch_size: int = 500
+    max_attempts: int | None = None
+    max_record_age_seconds: float | None = None
+    poll_interval_ms: float = 200
+
+    @classmethod
+    def from_config(cls, doc: Mapping[str, Any] | None) -> ConsumerDefaults:
+        doc = doc or {}
+        return cls(
+            batch_size=doc.get("batchSize", cls.batch_size),
+            max_attempts=doc.get("maxAttempts"),
+            max_record_age_seconds=doc.get("maxRecordAgeSeconds"),
+            poll_interval_ms=doc.get("pollIntervalMs", cls.poll_interval_ms),
+        )
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     """One event target; ``options`` holds the type-specific keys as written."""
 
@@ -320,7 +342,7 @@ class Config:
     max_body_bytes: int
     dead_letter_uri: str | None
     experiment_store: Mapping[str, Any]
-    consumer: Mapping[str, Any]
+    consumer: ConsumerDefaults
     document: Mapping[str, Any] = field(repr=False, compare=False)
     source: str = "builtin"
     # Where consumer groups checkpoint: {"type": "sqlite"} or {"type": "dynamodb", ...}.
@@ -539,7 +561,7 @@ def _build(doc: Mapping[str, Any], source: str) -> Config:
         max_body_bytes=doc.get("limits", {}).get("maxBodyBytes", 256 * 1024),
         dead_letter_uri=(doc.get("deadLetter") or {}).get("uri"),
         experiment_store=_frozen(doc.get("experimentStore", {"type": "sqlite"})),
-        consumer=_frozen(doc.get("consumer", {})),
+        consumer=ConsumerDefaults.from_config(doc.get("consumer")),
         document=_frozen(doc),
         source=source,
         checkpoints=_frozen(doc.get("checkpoints", {"type": "sqlite"})),

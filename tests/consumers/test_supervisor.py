@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from consumers.deadletters import FileDeadLetterStore
+from consumers.runner import RetryPolicy
 from consumers.supervisor import find_placeholders, missing_credentials, placeholders
 from consumers.targets import TargetContext, build_target
 from schemas.codec import Codec
@@ -143,3 +144,16 @@ def test_only_targets_and_stores_that_call_aws_pause_without_credentials(
         assert (
             problem.code == "NoCredentialsError" and "demo/t: no AWS credentials" in problem.message
         )
+
+
+def test_a_targets_own_bounds_win_over_the_consumer_block_and_ours_fill_in() -> None:
+    doc = default_document()
+    doc["consumer"] = {"maxAttempts": 3, "batchSize": 50, "pollIntervalMs": 20}
+    defaults = load_config(doc).consumer
+    assert (defaults.batch_size, defaults.poll_interval_ms) == (50, 20)
+    own = TargetConfig(type="http", name="t", namespace="demo", options={}, max_attempts=5)
+    other = TargetConfig(type="http", name="u", namespace="demo", options={})
+    assert RetryPolicy.for_target(own, defaults).max_attempts == 5
+    assert RetryPolicy.for_target(other, defaults).max_attempts == 3
+    assert RetryPolicy.for_target(other, defaults).max_record_age_seconds == 6 * 3600
+    assert load_config(default_document()).consumer.batch_size == 500
