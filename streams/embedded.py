@@ -234,7 +234,8 @@ class EmbeddedWriter:
             for attempt in range(_NUMBERING_ATTEMPTS):
                 if self._last is None:
                     self._last = self._last_numbers()
-                last = list(self._last)
+                before = self._last
+                last = list(before)
                 rows: list[Any] = []
                 for idx, count, blob in chunks:
                     rows += (idx, last[idx] + count, last[idx] + 1, now_ms, blob)
@@ -250,11 +251,9 @@ class EmbeddedWriter:
         except sqlite3.Error as exc:
             self._last = None
             raise Unavailable(f"embedded stream write failed: {exc}", retry_after=1) from exc
-        # Numbers in batch order: each shard's run starts right after what it had before.
-        following = [0] * len(last)
-        for idx, count, _ in chunks:
-            following[idx] = last[idx] - count + 1
         self._last = last
+        # Numbers in batch order: each shard's run starts right after what it had before.
+        following = [number + 1 for number in before]
         ids = self._shard_ids
         written = []
         for idx in routed:
