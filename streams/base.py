@@ -12,8 +12,9 @@ checkpoint names the last position a consumer has *settled*; reading resumes rig
 
 Backends: the embedded SQLite log (``streams.embedded``) and Amazon Kinesis
 (``streams.kinesis``), each a ``StreamWriter`` (Kinesis: a ``LanedWriter``) and a
-``StreamReader``, built from the config by ``streams.factory``; checkpoints and leases are kept
-by ``streams.checkpoints`` (SQLite) and ``streams.dynamodb_checkpoints``.
+``StreamReader``, built from the config by ``streams.factory`` (the service writes the embedded
+log through a process of its own, ``streams.embedded_process``, a ``LoopWriter``); checkpoints
+and leases are kept by ``streams.checkpoints`` (SQLite) and ``streams.dynamodb_checkpoints``.
 
 Code above this room uses the protocols and values of this module, ``streams.factory`` (which
 builds readers, writers and checkpoint stores from the config), the group-commit
@@ -24,7 +25,7 @@ builds readers, writers and checkpoint stores from the config), the group-commit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -139,6 +140,32 @@ class StreamWriter(Protocol):
     def check(self) -> None:
         """Raise ``Unavailable`` unless the stream can be reached now."""
         ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class LoopWriter(Protocol):
+    """Writes batches from one asyncio event loop without blocking it.
+
+    ``submit`` hands a batch over and returns at once; ``done`` is called later, on the loop's
+    thread, with one ``Written`` per entry in entry order once every entry is durable, or with
+    the ``P13nError`` the batch failed with (then none, some or all entries may have been
+    written: at least once), and what the batch cost (``WriteStats``). Batches become durable
+    in the order they were submitted, so entries with the same partition key keep their order.
+    ``open`` gets ready to write (the first ``submit`` does it otherwise); ``close`` is called
+    once every submitted batch is done, from any thread.
+    """
+
+    def open(self) -> None: ...
+
+    def submit(
+        self,
+        entries: Sequence[Entry],
+        done: Callable[[list[Written] | P13nError, WriteStats], None],
+    ) -> None: ...
+
+    def check(self) -> None: ...
 
     def close(self) -> None: ...
 

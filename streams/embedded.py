@@ -27,7 +27,9 @@ that stays correct: a number is never used twice, and never below one a reader h
 Why one statement: the sqlite3 module lets go of the GIL around every step (every statement,
 every row of an ``executemany``), and each time the writer thread takes it back it may wait
 for the event loop's thread to yield it, up to the 5 ms switch interval. With a transaction of
-several statements a batch's round trip under load was 10 ms, most of it such waits.
+several statements a batch's round trip under load was 10 ms, most of it such waits. (The
+service no longer writes from a thread: ``streams.embedded_process`` runs this writer in a
+process of its own, for the same reason.)
 
 Retention: chunks older than ``retention_hours`` are deleted by the writer now and then.
 
@@ -189,6 +191,11 @@ class EmbeddedWriter:
         self._routes: dict[str, int] = {}
         # The last sequence number of each shard as this writer knows it; None: read it.
         self._last: list[int] | None = None
+
+    @property
+    def shard_ids(self) -> list[str]:
+        """The log's shard ids, by shard index."""
+        return list(self._shard_ids)
 
     def _insert(self, rows: list[Any]) -> None:
         """Insert flattened rows (5 values each): one statement when they fit in one."""

@@ -9,20 +9,28 @@ from dataclasses import dataclass
 from schemas.config import Config
 from schemas.errors import ConfigError
 from schemas.registry import Registry
-from streams.base import CheckpointStore, StreamReader, StreamWriter
+from streams.base import CheckpointStore, LoopWriter, StreamReader, StreamWriter
 
 
 @dataclass(frozen=True)
 class Backend:
-    writer: Callable[[Config], StreamWriter]
+    writer: Callable[[Config], StreamWriter | LoopWriter]
     reader: Callable[[Config], StreamReader]
 
 
-def _embedded_writer(config: Config) -> StreamWriter:
-    from streams.embedded import EmbeddedWriter
+def _embedded_writer(config: Config) -> LoopWriter:
+    # The service's writer: a process of its own, so commits run beside the event loop
+    # (streams.embedded_process says why); streams.embedded.EmbeddedWriter is what it runs.
+    from streams.embedded_process import EmbeddedProcessWriter
 
-    stream = config.stream
-    return EmbeddedWriter(config.stream_path(), stream.shards, stream.retention_hours)
+    stream, producer = config.stream, config.stream.producer
+    return EmbeddedProcessWriter(
+        config.stream_path(),
+        stream.shards,
+        stream.retention_hours,
+        producer.max_batch_records,
+        producer.max_batch_bytes,
+    )
 
 
 def _embedded_reader(config: Config) -> StreamReader:
@@ -70,7 +78,7 @@ def _backend(config: Config) -> Backend:
     return backend
 
 
-def build_writer(config: Config) -> StreamWriter:
+def build_writer(config: Config) -> StreamWriter | LoopWriter:
     return _backend(config).writer(config)
 
 

@@ -20,8 +20,12 @@ Contract:
   inside the call, not sent, or the whole call failed with a retryable error) go back to the
   head of their lane, and that lane alone backs off (exponential, full jitter) while the other
   lanes go on; a throttled shard does not stall the rest. An entry still failing
-  ``RETRY_SECONDS`` after its first call is given up (503); one waits at most ``put_timeout_ms``. A plain ``StreamWriter`` retries inside ``put_batch``; its failure
+  ``RETRY_SECONDS`` after its first call is given up (503); one waits at most
+  ``put_timeout_ms``. A plain ``StreamWriter`` retries inside ``put_batch``; its failure
   fails the batch.
+* With a ``LoopWriter`` (the embedded log's writer process) there are no sender threads: the
+  entries put during one turn of the event loop are submitted together at the end of it, and
+  the writer answers on the loop. Its failure fails the batch, as a plain writer's does.
 * ``offer(entry)`` queues without waiting (exposures); it returns False instead of raising.
 * ``close()`` stops accepting, writes everything still queued, then closes the writer.
 """
@@ -37,11 +41,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from schemas.config import ProducerConfig
 from schemas.errors import P13nError, RetryableError, Throttled, Unavailable
-from streams.base import Entry, LanedWriter, StreamWriter, WriteStats, Written
+from streams.base import Entry, LanedWriter, LoopWriter, StreamWriter, WriteStats, Written
 
 log = logging.getLogger("p13n.producer")
 
@@ -145,12 +149,14 @@ def _settled(pending: _Pending) -> bool:
 class Producer:
     def __init__(
         self,
-        writer: StreamWriter,
+        writer: StreamWriter | LoopWriter,
         config: ProducerConfig,
         metrics: ProducerMetrics | None = None,
     ) -> None:
         self._writer = writer
         self._laned: LanedWriter | None = writer if isinstance(writer, LanedWriter) else None
+        self._loop_writer: LoopWriter | None = writer if isinstance(writer, LoopWriter) else None
+        self._turn: list[_Pending] = []  # LoopWriter: this turn's entries, submitted at its end
         self._config = config
         self._metrics = metrics
         self._incoming: deque[_Pending] = deque()
@@ -170,12 +176,14 @@ class Producer:
         senders = max(1, config.max_in_flight) if self._laned is not None else 1
         self._threads = [
             threading.Thread(target=self._run, name=f"p13n-producer-{n}", daemon=True)
-            for n in range(senders)
+            for n in range(senders if self._loop_writer is None else 0)
         ]
 
     # -- public -------------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._loop_writer is not None:
+            self._loop_writer.open()
         if self._laned is not None:
             try:
                 self._laned.load_lanes()
@@ -222,9 +230,13 @@ class Producer:
         return True
 
     def close(self, timeout: float = 30.0) -> None:
+        """Call it from another thread than the event loop's: with a ``LoopWriter`` it waits
+        for the loop to submit what is queued and for the writer's answers."""
         with self._lock:
             self._closing = True
             self._lock.notify_all()
+            if self._loop_writer is not None and not _on_a_loop():
+                self._lock.wait_for(lambda: self._waiting == 0, timeout)
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             if thread.is_alive():
@@ -241,6 +253,12 @@ class Producer:
                 reason, message = "unavailable", "the stream is unreachable"
             elif self._waiting >= self._config.queue_size:
                 reason, message = "queue_full", "too many events waiting for the stream"
+            elif self._loop_writer is not None:
+                self._turn.append(pending)
+                self._waiting += 1  # until the writer answers
+                if len(self._turn) == 1:
+                    (pending.loop or asyncio.get_running_loop()).call_soon(self._submit)
+                return
             else:
                 pending.seq = next(self._seq)
                 self._incoming.append(pending)
@@ -363,6 +381,51 @@ class Producer:
                 self._lock.notify()  # other lanes may be ready for another sender
         return batch, used
 
+    # -- a LoopWriter, on the event loop ----------------------------------------------------
+
+    def _submit(self) -> None:
+        """At the end of a loop turn: this turn's entries, one batch to the writer."""
+        assert self._loop_writer is not None
+        with self._lock:
+            turn, self._turn = self._turn, []
+            batch = [p for p in turn if not p.cancelled]  # withdrawn: their callers retry
+            self._waiting -= len(turn) - len(batch)
+        if not batch:
+            return
+        started = time.monotonic()
+
+        def done(outcome: list[Written] | P13nError, stats: WriteStats) -> None:
+            self._answered(batch, outcome, stats, started)
+
+        try:
+            self._loop_writer.submit([p.entry for p in batch], done)
+        except Exception as exc:  # it could not even take the batch: answer it, 503
+            log.exception("stream writer failed unexpectedly", exc_info=exc)
+            done(Unavailable(f"stream write failed: {type(exc).__name__}"), WriteStats())
+
+    def _answered(
+        self,
+        batch: list[_Pending],
+        outcome: list[Written] | P13nError,
+        stats: WriteStats,
+        started: float,
+    ) -> None:
+        if isinstance(outcome, P13nError):
+            self._refuse_for_a_while(outcome)
+            _settle([(p.future, _client_error(outcome)) for p in batch if p.future is not None])
+        else:
+            self._backoff = UNAVAILABLE_BACKOFF[0]
+            size = sum(p.size for p in batch)
+            stats = WriteStats(stats.stream_records, stats.stream_bytes or size, stats.calls)
+            self._report(batch, stats, started)
+            _settle(
+                [(p.future, w) for p, w in zip(batch, outcome, strict=True) if p.future is not None]
+            )
+        with self._lock:
+            self._waiting -= len(batch)
+            if self._closing:
+                self._lock.notify_all()
+
     # -- the sender threads -------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -388,7 +451,9 @@ class Producer:
         """A plain writer: it retries inside ``put_batch``; a failure fails the batch."""
         started = time.monotonic()
         try:
-            written, stats = self._writer.put_batch([p.entry for p in batch])
+            # Sender threads run only without a LoopWriter.
+            writer = cast(StreamWriter, self._writer)
+            written, stats = writer.put_batch([p.entry for p in batch])
         except P13nError as exc:
             self._refuse_for_a_while(exc)
             _resolve([(p, _client_error(exc)) for p in batch])
@@ -521,19 +586,26 @@ def _resolve(settled: Settled) -> None:
             by_loop.setdefault(pending.loop, []).append((pending.future, outcome))
 
     for loop, futures in by_loop.items():
-
-        def settle(
-            futures: list[tuple[asyncio.Future[Written], Written | BaseException]] = futures,
-        ) -> None:
-            for future, outcome in futures:
-                if future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
-
         try:
-            loop.call_soon_threadsafe(settle)
+            loop.call_soon_threadsafe(_settle, futures)
         except RuntimeError:
             log.warning("an event loop closed before its %d writes were confirmed", len(futures))
+
+
+def _settle(futures: list[tuple[asyncio.Future[Written], Written | BaseException]]) -> None:
+    """On the futures' loop: each its outcome, unless it was settled already (timed out)."""
+    for future, outcome in futures:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+def _on_a_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -117,6 +117,43 @@ def test_sigterm_drains_and_every_accepted_event_is_in_the_stream(service_factor
     assert not [entry for entry in logs if entry["level"] in ("error", "critical")]
 
 
+def writer_processes(service: Service) -> list[int]:
+    """The pids of the embedded log's writer processes the service started."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == service.process.pid and b"streams.embedded_process" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"  # ended, not yet reaped by whoever adopted it
+
+
+def test_the_writer_process_ends_with_the_service_even_when_it_is_killed(
+    service_factory: Any,
+) -> None:
+    service = service_factory()
+    with service.client() as http:
+        accepted = [post_event(http, "demo", f"session-{n}").json()["recordId"] for n in range(20)]
+    (writer,) = writer_processes(service)
+    service.process.kill()  # SIGKILL: no drain, no close; the writer's input just ends
+    service.process.wait(10)
+    wait_until(lambda: gone(writer), timeout=10, what="the writer process to end")
+    # Everything answered 202 is in the log, for the next run to read.
+    in_stream = {line["record"]["recordId"] for line in service.tail()}
+    assert set(accepted) <= in_stream
+
+
 # -- health and metrics -----------------------------------------------------------------------
 
 
