@@ -17,11 +17,11 @@ import json
 import logging
 import os
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Protocol
+
+import httpx
 
 from schemas.config import Config, default_document, parse_config_text
 from schemas.errors import ConfigError
@@ -66,10 +66,15 @@ class AppConfigAgentSource:
 
     def read(self) -> bytes:
         try:
-            with urllib.request.urlopen(self.url, timeout=5) as response:
-                return response.read()  # type: ignore[no-any-return]
-        except (urllib.error.URLError, OSError) as exc:
+            response = httpx.get(self.url, timeout=5)
+        except httpx.HTTPError as exc:
             raise ConfigError(f"cannot read {self.name} from the AppConfig agent: {exc}") from exc
+        if response.status_code != 200:
+            raise ConfigError(
+                f"cannot read {self.name} from the AppConfig agent: HTTP {response.status_code} "
+                f"{response.text[:200]}"
+            )
+        return response.content
 
 
 class BuiltinSource:

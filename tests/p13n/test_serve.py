@@ -334,6 +334,23 @@ def test_config_from_the_appconfig_agent_is_followed(
     assert [line["record"]["namespace"] for line in records] == ["shop", "news"]
 
 
+def test_an_appconfig_agent_that_refuses_or_is_not_there_is_a_config_error(
+    appconfig_agent: AppConfigAgent,
+) -> None:
+    from schemas.errors import ConfigError
+    from schemas.sources import AppConfigAgentSource
+
+    appconfig_agent.document = shop_config("ac-1", "shop")
+    found = AppConfigAgentSource("storefront", "prod", "p13n", appconfig_agent.url)
+    assert json.loads(found.read())["version"] == "ac-1"
+    unknown = AppConfigAgentSource("storefront", "prod", "other", appconfig_agent.url)
+    with pytest.raises(ConfigError, match=r"storefront/prod/other .*HTTP 404"):
+        unknown.read()
+    nobody = AppConfigAgentSource("storefront", "prod", "p13n", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ConfigError, match="cannot read appconfig://storefront/prod/p13n"):
+        nobody.read()
+
+
 # -- config validation on the command line ----------------------------------------------------
 
 
