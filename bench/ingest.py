@@ -320,7 +320,7 @@ def scenario_list(text: str) -> list[str]:
     return chosen
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Benchmark POST /events.")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--requests", type=int, default=400, help="per connection")
@@ -345,12 +345,14 @@ def main() -> None:
         default=list(SCENARIOS),
         help=f"comma-separated subset of {','.join(SCENARIOS)} (ratios need bare and sample)",
     )
-    args = parser.parse_args()
-    chosen = set(args.scenarios)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-
     labels = {
         "bare": "bare endpoint (202, no work)",
         "bare-uvicorn": "bare endpoint, uvicorn's own protocol",
@@ -359,77 +361,110 @@ def main() -> None:
         "sample": "sample's way (PutRecord per request)",
     }
     with contextlib.ExitStack() as stack:
-        moto, emulator_pid = "", 0
-        if chosen & {"kinesis", "sample"}:
-            moto, emulator_pid = stack.enter_context(emulator(args.emulator))
-        # Every server runs for the whole benchmark; the rounds take turns, so a slow spell
-        # of the machine falls on every scenario alike rather than on one of them.
-        servers: dict[str, Server] = {}
-        for bare in ("bare", "bare-uvicorn"):
-            if bare in chosen:
-                base, pid = stack.enter_context(reference_server(bare, []))
-                servers[bare] = Server(base, "bench", pid)
-        if "embedded" in chosen:
-            base, pid = stack.enter_context(p13n_server(None))
-            servers["embedded"] = Server(base, "demo", pid)
-        if "kinesis" in chosen:
-            for number, settings in enumerate(args.producer or [{}]):
-                key = "kinesis" if number == 0 else f"kinesis{number}"
-                if settings:
-                    labels[key] = f"p13n kinesis ({args.emulator}) {json.dumps(settings)}"[:40]
-                stream_name = f"bench-p13n-{number}"
-                kinesis_stream(moto, stream_name, args.shards)
-                kinesis_config = {
-                    "version": "bench",
-                    "stream": {
-                        "type": "kinesis",
-                        "streamName": stream_name,
-                        "region": "us-east-1",
-                        "endpointUrl": moto,
-                        **({"producer": settings} if settings else {}),
-                    },
-                    "namespaces": {"bench": {"eventTargets": [{"type": "interactions"}]}},
-                }
-                base, pid = stack.enter_context(p13n_server(kinesis_config))
-                servers[key] = Server(base, "bench", pid)
-        if "sample" in chosen:
-            kinesis_stream(moto, "bench-sample", args.shards)
-            extra = ["--stream", "bench-sample", "--endpoint-url", moto]
-            base, pid = stack.enter_context(reference_server("sample", extra))
-            servers["sample"] = Server(base, "bench", pid)
-        for server in servers.values():
-            load(f"{server.base}/events/{server.namespace}", 4, 20)  # warm up
-        rounds: dict[str, list[dict]] = {name: [] for name in servers}
-        for _ in range(args.rounds):
-            for name, server in servers.items():
-                requests = args.sample_requests if name == "sample" else args.requests
-                observed = name == "embedded" or name.startswith("kinesis")
-                uses_emulator = name == "sample" or name.startswith("kinesis")
-                rounds[name].append(
-                    measure(
-                        labels[name],
-                        server,
-                        args.connections,
-                        requests,
-                        observed,
-                        emulator_pid if uses_emulator else None,
-                    )
-                )
-        results = [summarise(rounds[name]) for name in servers]
+        emulator_pid, servers = start_servers(stack, args, labels)
+        rounds = run_rounds(args, servers, labels, emulator_pid)
+    results = [summarise(rounds[name]) for name in servers]
+    add_ratios(results, rounds)
+    print_results(args, results, rounds)
 
-    # Ratios round by round (the scenarios of one round ran within seconds of each other), and
-    # their median: a slow spell of the machine moves both sides of a ratio alike.
+
+def start_servers(
+    stack: contextlib.ExitStack, args: argparse.Namespace, labels: dict[str, str]
+) -> tuple[int, dict[str, Server]]:
+    """Every chosen scenario's server (and the emulator when one needs it), each running for
+    the whole benchmark: the rounds take turns, so a slow spell of the machine falls on every
+    scenario alike rather than on one of them. Adds the labels of extra Kinesis settings."""
+    chosen = set(args.scenarios)
+    moto, emulator_pid = "", 0
+    if chosen & {"kinesis", "sample"}:
+        moto, emulator_pid = stack.enter_context(emulator(args.emulator))
+    servers: dict[str, Server] = {}
+    for bare in ("bare", "bare-uvicorn"):
+        if bare in chosen:
+            base, pid = stack.enter_context(reference_server(bare, []))
+            servers[bare] = Server(base, "bench", pid)
+    if "embedded" in chosen:
+        base, pid = stack.enter_context(p13n_server(None))
+        servers["embedded"] = Server(base, "demo", pid)
+    if "kinesis" in chosen:
+        for number, settings in enumerate(args.producer or [{}]):
+            key = "kinesis" if number == 0 else f"kinesis{number}"
+            if settings:
+                labels[key] = f"p13n kinesis ({args.emulator}) {json.dumps(settings)}"[:40]
+            stream_name = f"bench-p13n-{number}"
+            kinesis_stream(moto, stream_name, args.shards)
+            base, pid = stack.enter_context(
+                p13n_server(kinesis_config(stream_name, moto, settings))
+            )
+            servers[key] = Server(base, "bench", pid)
+    if "sample" in chosen:
+        kinesis_stream(moto, "bench-sample", args.shards)
+        extra = ["--stream", "bench-sample", "--endpoint-url", moto]
+        base, pid = stack.enter_context(reference_server("sample", extra))
+        servers["sample"] = Server(base, "bench", pid)
+    return emulator_pid, servers
+
+
+def kinesis_config(stream_name: str, endpoint_url: str, producer: dict) -> dict:
+    return {
+        "version": "bench",
+        "stream": {
+            "type": "kinesis",
+            "streamName": stream_name,
+            "region": "us-east-1",
+            "endpointUrl": endpoint_url,
+            **({"producer": producer} if producer else {}),
+        },
+        "namespaces": {"bench": {"eventTargets": [{"type": "interactions"}]}},
+    }
+
+
+def run_rounds(
+    args: argparse.Namespace, servers: dict[str, Server], labels: dict[str, str], emulator_pid: int
+) -> dict[str, list[dict]]:
+    """A warm-up, then ``args.rounds`` rounds in which every scenario takes its turn."""
+    for server in servers.values():
+        load(f"{server.base}/events/{server.namespace}", 4, 20)
+    rounds: dict[str, list[dict]] = {name: [] for name in servers}
+    for _ in range(args.rounds):
+        for name, server in servers.items():
+            requests = args.sample_requests if name == "sample" else args.requests
+            observed = name == "embedded" or name.startswith("kinesis")
+            uses_emulator = name == "sample" or name.startswith("kinesis")
+            rounds[name].append(
+                measure(
+                    labels[name],
+                    server,
+                    args.connections,
+                    requests,
+                    observed,
+                    emulator_pid if uses_emulator else None,
+                )
+            )
+    return rounds
+
+
+def add_ratios(results: list[dict], rounds: dict[str, list[dict]]) -> None:
+    """Each result's ratios to the references, round by round (the scenarios of one round ran
+    within seconds of each other) and their median: a slow spell of the machine moves both
+    sides of a ratio alike."""
+
     def paired(name: str, reference: str) -> float:
         if name not in rounds or reference not in rounds:
             return math.nan
         ratios = [a["rps"] / b["rps"] for a, b in zip(rounds[name], rounds[reference], strict=True)]
         return sorted(ratios)[len(ratios) // 2]
 
-    for key, result in zip(servers, results, strict=True):
+    for key, result in zip(rounds, results, strict=True):
         result["x_sample"] = round(paired(key, "sample"), 2)
         result["share_of_bare"] = round(paired(key, "bare"), 3)
         result["share_of_bare_uvicorn"] = round(paired(key, "bare-uvicorn"), 3)
         result["share_of_embedded"] = round(paired(key, "embedded"), 3)
+
+
+def print_results(
+    args: argparse.Namespace, results: list[dict], rounds: dict[str, list[dict]]
+) -> None:
     print(
         f"\nPOST /events — {args.connections} clients, one event per request, keep-alive; "
         f"{os.cpu_count()} cores; each scenario's median round of {args.rounds}, taking turns;\n"

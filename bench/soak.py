@@ -363,6 +363,56 @@ def figures(name: str, arrivals: list[tuple[str, float | None]], load: LoadResul
 # -- the run -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What a run ended with, for the report."""
+
+    load: LoadResult
+    report: dict[str, Any]  # what the fakes received (report_from_fakes)
+    archive: list[str]  # event ids in the archive, every copy
+    archive_visible: int  # of those, in rolled files
+    stream_copies: int  # events written to the stream more than once
+    letters: Counter[str]  # dead letters by namespace/group
+    end_rss: dict[str, int]
+    caught_up: bool
+    drain_seconds: float
+    consumer_graceful: bool
+
+
+def print_targets(rows: list[TargetFigures], outcome: Outcome) -> None:
+    """Per target: delivered, lost, duplicated, out of order, lag, dead letters."""
+    header = (
+        f"{'target':14} {'delivered':>9} {'deliveries':>10} {'lost':>5} {'dup':>6} "
+        f"{'unacked':>7} {'ooo sess':>8} {'lag p50':>8} {'lag p99':>8} {'lag max':>8} "
+        f"{'dead':>5}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row, group in zip(rows, TARGETS, strict=True):
+        lags = row.lag_values()
+        lag = (
+            f"{percentile(lags, 0.5):>7.2f}s {percentile(lags, 0.99):>7.2f}s {max(lags):>7.2f}s"
+            if lags
+            else f"{'-':>8} {'-':>8} {'-':>8}"
+        )
+        print(
+            f"{row.name:14} {row.delivered:>9} {row.deliveries:>10} {row.lost:>5} "
+            f"{row.duplicated:>6} {row.unacknowledged:>7} {row.out_of_order_sessions:>8} "
+            f"{lag} {outcome.letters.get(f'{NAMESPACE}/{group}', 0):>5}"
+        )
+    report = outcome.report
+    print(
+        "\nduplicates in the stream itself (by the archive's stream positions): "
+        f"{outcome.stream_copies} — writes whose answer the outage cut, so the event was refused "
+        f"and sent again\narchive: {outcome.archive_visible} of {len(outcome.archive)} archived "
+        "events in rolled files (the rest in segments of killed writers, rolled after 300 s "
+        f"idle); Personalize calls: {report['personalize_calls']}; receiver requests "
+        f"{report['hook_requests']}"
+    )
+    for request in report["personalize_refused"]:
+        print(f"  Personalize refused: {request}")
+
+
 class Soak:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args = args
@@ -515,20 +565,45 @@ class Soak:
         return report
 
     def run(self) -> None:
-        args = self.args
         base, config = self.set_up()
-        host_port = base.removeprefix("http://")
-        host, port = host_port.split(":")
+        host, port = base.removeprefix("http://").split(":")
+        args = self.args
         load = Load(
             host, int(port), f"/events/{NAMESPACE}", args.rate, args.connections, args.sessions
         )
         self.timeline = Timeline()
         load.start()
-        warm = min(20.0, args.duration / 5)  # before the first kill, at 30 s by default
+        end_rss = self.drive()
+        self.timeline.note("load: stopping")
+        self.throttle(0.0)
+        result = load.stop(grace=60)
+        report, caught, drain_seconds = self.drain(set(result.accepted))
+        assert self.consumer is not None
+        consumer_graceful = self.consumer.stop(timeout=60)
+        archive, archive_visible, stream_copies = archived_ids(self.data / "archive")
+        self.print_report(
+            Outcome(
+                result,
+                report,
+                archive,
+                archive_visible,
+                stream_copies,
+                dead_letters(config, self.data),
+                end_rss,
+                caught,
+                drain_seconds,
+                consumer_graceful,
+            )
+        )
+
+    def drive(self) -> dict[str, int]:
+        """Until the end of the run: the faults on their schedule, and the RSS of every process
+        sampled every 5 s from the end of the warm-up. Returns the RSS at the end."""
+        warm = min(20.0, self.args.duration / 5)  # before the first kill, at 30 s by default
         pending = self.schedule()
         warm_sampled = False
         next_sample = 0.0
-        while self.timeline.now() < args.duration:
+        while self.timeline.now() < self.args.duration:
             now = self.timeline.now()
             while pending and pending[0][0] <= now:
                 _, _, action = pending.pop(0)
@@ -543,11 +618,11 @@ class Soak:
                 next_sample = now + 5
             time.sleep(0.05)
         self.sample_rss()
-        end_rss = {name: values[-1][1] for name, values in self.rss.items()}
-        self.timeline.note("load: stopping")
-        self.throttle(0.0)
-        result = load.stop(grace=60)
-        wanted = set(result.accepted)
+        return {name: values[-1][1] for name, values in self.rss.items()}
+
+    def drain(self, wanted: set[str]) -> tuple[dict[str, Any], bool, float]:
+        """Wait for the targets to hold every accepted event: what the fakes report, whether
+        they caught up within ``--drain-timeout``, and how long it took."""
 
         def caught_up() -> dict[str, Any] | None:
             report = self.report_from_fakes()
@@ -557,29 +632,13 @@ class Soak:
         drained = time.monotonic()
         try:
             report = wait_until(
-                "targets to catch up", caught_up, args.drain_timeout, tolerate=False
+                "targets to catch up", caught_up, self.args.drain_timeout, tolerate=False
             )
             caught = True
         except SystemExit:
             report = self.report_from_fakes()
             caught = False
-        drain_seconds = time.monotonic() - drained
-        assert self.consumer is not None
-        consumer_graceful = self.consumer.stop(timeout=60)
-        archive, archive_visible, stream_copies = archived_ids(self.data / "archive")
-        letters = dead_letters(config, self.data)
-        self.print_report(
-            result,
-            report,
-            archive,
-            archive_visible,
-            stream_copies,
-            letters,
-            end_rss,
-            caught,
-            drain_seconds,
-            consumer_graceful,
-        )
+        return report, caught, time.monotonic() - drained
 
     def close(self) -> None:
         for child in reversed(self.children):
@@ -597,25 +656,22 @@ class Soak:
             if self.fakes_process.is_alive():
                 self.fakes_process.kill()
 
-    def print_report(
-        self,
-        load: LoadResult,
-        report: dict[str, Any],
-        archive: list[str],
-        archive_visible: int,
-        stream_copies: int,
-        letters: Counter[str],
-        end_rss: dict[str, int],
-        caught_up: bool,
-        drain_seconds: float,
-        consumer_graceful: bool,
-    ) -> None:
-        args = self.args
+    def print_report(self, outcome: Outcome) -> None:
         rows = [
-            figures("personalize", report["personalize"], load),
-            figures("hook (http)", report["hook"], load),
-            figures("archive", [(i, None) for i in archive], load),
+            figures("personalize", outcome.report["personalize"], outcome.load),
+            figures("hook (http)", outcome.report["hook"], outcome.load),
+            figures("archive", [(i, None) for i in outcome.archive], outcome.load),
         ]
+        self.print_load(outcome)
+        print_targets(rows, outcome)
+        self.print_lag_windows(rows[:2])
+        self.print_rss(outcome.end_rss)
+        print("\nfaults:")
+        for line in self.timeline.faults:
+            print(f"  {line}")
+
+    def print_load(self, outcome: Outcome) -> None:
+        args, load = self.args, outcome.load
         sent = sum(load.statuses.values())
         print(
             f"\nsoak — {args.duration:.0f}s at {args.rate:g} events/s, {os.cpu_count()} cores; "
@@ -639,44 +695,17 @@ class Soak:
             f"max {max(load.accept_delays, default=0):.1f} s"
         )
         print(
-            f"targets {'caught up' if caught_up else 'DID NOT catch up'} {drain_seconds:.1f}s "
-            f"after the load stopped; consumer stopped "
-            f"{'by SIGTERM' if consumer_graceful else 'by SIGKILL (SIGTERM timed out)'}\n"
+            f"targets {'caught up' if outcome.caught_up else 'DID NOT catch up'} "
+            f"{outcome.drain_seconds:.1f}s after the load stopped; consumer stopped "
+            f"{'by SIGTERM' if outcome.consumer_graceful else 'by SIGKILL (SIGTERM timed out)'}\n"
         )
-        header = (
-            f"{'target':14} {'delivered':>9} {'deliveries':>10} {'lost':>5} {'dup':>6} "
-            f"{'unacked':>7} {'ooo sess':>8} {'lag p50':>8} {'lag p99':>8} {'lag max':>8} "
-            f"{'dead':>5}"
-        )
-        print(header)
-        print("-" * len(header))
-        for row, group in zip(rows, TARGETS, strict=True):
-            lags = row.lag_values()
-            lag = (
-                f"{percentile(lags, 0.5):>7.2f}s {percentile(lags, 0.99):>7.2f}s {max(lags):>7.2f}s"
-                if lags
-                else f"{'-':>8} {'-':>8} {'-':>8}"
-            )
-            print(
-                f"{row.name:14} {row.delivered:>9} {row.deliveries:>10} {row.lost:>5} "
-                f"{row.duplicated:>6} {row.unacknowledged:>7} {row.out_of_order_sessions:>8} "
-                f"{lag} {letters.get(f'{NAMESPACE}/{group}', 0):>5}"
-            )
-        print(
-            f"\nduplicates in the stream itself (by the archive's stream positions): {stream_copies}"
-            " — writes whose answer the outage cut, so the event was refused and sent again"
-            f"\narchive: {archive_visible} of {len(archive)} archived events in rolled files "
-            "(the rest in segments of killed writers, rolled after 300 s idle); "
-            f"Personalize calls: {report['personalize_calls']}; receiver requests "
-            f"{report['hook_requests']}"
-        )
-        for request in report["personalize_refused"]:
-            print(f"  Personalize refused: {request}")
+
+    def print_lag_windows(self, rows: list[TargetFigures]) -> None:
         print(
             "\nlag: first delivery minus the 202 (Personalize: the call's arrival at the fake); "
             f"max lag of the events accepted in each {LAG_WINDOW:.0f}s window:"
         )
-        for row in rows[:2]:
+        for row in rows:
             windows: dict[int, float] = {}
             for accepted_at, seconds in row.lags:
                 index = int((accepted_at - self.timeline.start) // LAG_WINDOW)
@@ -688,6 +717,8 @@ class Soak:
                     for n in range(max(windows, default=-1) + 1)
                 )
             )
+
+    def print_rss(self, end_rss: dict[str, int]) -> None:
         print(f"\n{'process':32} {'RSS after warm-up':>17} {'RSS at end':>11} {'growth':>8}")
         for name, values in self.rss.items():
             if name not in end_rss:
@@ -702,9 +733,6 @@ class Soak:
             "(consume: the incarnation running after warm-up vs the one running at the end; "
             "kinesis-local: the same unless restarted, and it holds every record in memory)"
         )
-        print("\nfaults:")
-        for line in self.timeline.faults:
-            print(f"  {line}")
 
     def outage_text(self) -> str:
         if self.outage is None:
