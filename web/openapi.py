@@ -227,6 +227,8 @@ def _conversions(config: Config) -> dict[str, Any]:
 
 
 def _action_paths(config: Config, action: str, secured: bool) -> dict[str, Any]:
+    """The path items of one recommender action. Over 60 lines because most of it is one
+    literal, the operation as the document spells it; split, it would read less like the spec."""
     namespaces = sorted(key for key, ns in config.namespaces.items() if ns.recommenders.get(action))
     if not namespaces:
         return {}
@@ -395,6 +397,8 @@ def _path_id(name: str, description: str) -> dict[str, Any]:
 
 
 def _parameters() -> dict[str, Any]:
+    """The shared ``components.parameters``: one literal, a table of the query and path
+    parameters (long because there are that many of them, not because it branches)."""
     flag_words = "`1`, `yes` or `true` (any case) mean yes; any other value means no."
     string_map = {
         "type": "object",
@@ -481,6 +485,8 @@ def _id_list(in_path: bool = False) -> dict[str, Any]:
 
 
 def _schemas() -> dict[str, Any]:
+    """The shared ``components.schemas``: the events body from its msgspec types, the rest one
+    literal (long for the number of schemas, not for its logic)."""
     _, body = msgspec.json.schema_components([EventsBody], ref_template=REF)
     items = {
         "type": "array",
