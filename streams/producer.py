@@ -399,9 +399,10 @@ class Producer:
 
         try:
             self._loop_writer.submit([p.entry for p in batch], done)
-        except Exception as exc:  # it could not even take the batch: answer it, 503
-            log.exception("stream writer failed unexpectedly", exc_info=exc)
-            done(Unavailable(f"stream write failed: {type(exc).__name__}"), WriteStats())
+        except Exception as exc:  # a writer bug: answer the batch 503, as the senders do
+            error = _writer_bug(exc)
+            _settle([(p.future, error) for p in batch if p.future is not None])
+            self._finished(batch)
 
     def _answered(
         self,
@@ -421,6 +422,9 @@ class Producer:
             _settle(
                 [(p.future, w) for p, w in zip(batch, outcome, strict=True) if p.future is not None]
             )
+        self._finished(batch)
+
+    def _finished(self, batch: list[_Pending]) -> None:
         with self._lock:
             self._waiting -= len(batch)
             if self._closing:
@@ -459,7 +463,8 @@ class Producer:
             _resolve([(p, _client_error(exc)) for p in batch])
             return
         except Exception as exc:  # a writer bug must not kill the thread and strand requests
-            _writer_bug(batch, exc)
+            error = _writer_bug(exc)
+            _resolve([(p, error) for p in batch])
             return
         self._backoff = UNAVAILABLE_BACKOFF[0]
         self._report(batch, stats, started)
@@ -478,7 +483,8 @@ class Producer:
                 _resolve([(p, _client_error(exc)) for p in batch])
             return
         except Exception as exc:  # a writer bug must not kill the thread and strand requests
-            _writer_bug(batch, exc)
+            error = _writer_bug(exc)
+            _resolve([(p, error) for p in batch])
             return
         self._backoff = UNAVAILABLE_BACKOFF[0]
         settled: Settled = []
@@ -569,11 +575,11 @@ def _size(entry: Entry) -> int:
     return len(entry.data) + len(entry.partition_key)
 
 
-def _writer_bug(batch: list[_Pending], exc: Exception) -> None:
-    """Log what the writer raised outside the error tree, and answer its batch 503."""
+def _writer_bug(exc: Exception) -> Unavailable:
+    """Log what the writer raised outside the error tree; what its batch is answered with
+    (503). Not a sign that the stream is unreachable: later puts are not refused for it."""
     log.exception("stream writer failed unexpectedly", exc_info=exc)
-    error = Unavailable(f"stream write failed: {type(exc).__name__}")
-    _resolve([(p, _client_error(error)) for p in batch])
+    return _client_error(Unavailable(f"stream write failed: {type(exc).__name__}"))
 
 
 def _resolve(settled: Settled) -> None:

@@ -268,3 +268,54 @@ def test_a_key_that_changes_lanes_waits_for_the_call_in_flight():
     producer.close()
     assert [w.sequence_number for w in written] == ["1", "2"]
     assert writer.calls == [[b"1"], [b"2"]]
+
+
+class BuggyLoopWriter:
+    """A ``LoopWriter`` whose first ``submit`` raises outside the error tree; later batches
+    are answered at once, on the loop."""
+
+    def __init__(self) -> None:
+        self.submitted: list[list[Entry]] = []
+        self.opened = self.closed = False
+
+    def open(self) -> None:
+        self.opened = True
+
+    def submit(self, entries, done) -> None:
+        if not self.submitted:
+            self.submitted.append([])
+            raise KeyError("a bug")
+        self.submitted.append(list(entries))
+        written = [Written("shardId-0", str(n)) for n in range(len(entries))]
+        asyncio.get_running_loop().call_soon(done, written, WriteStats(len(entries), 0, 1))
+
+    def check(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("kind", ["thread", "loop"])
+def test_a_writer_bug_fails_its_batch_but_later_puts_are_not_refused(kind):
+    writer = RecordingWriter(fail=KeyError("a bug")) if kind == "thread" else BuggyLoopWriter()
+    producer = Producer(writer, ProducerConfig(linger_ms=0))
+    producer.start()
+
+    async def main():
+        with pytest.raises(Unavailable, match="stream write failed: KeyError") as refused:
+            await producer.put(Entry("k", b"a"))
+        assert refused.value.status == 503
+        if kind == "thread":
+            writer.fail = None
+        return await producer.put(Entry("k", b"b"))
+
+    written = run(main())
+    assert written.shard_id == "shardId-0"
+    assert producer.depth == 0
+    producer.close()
+    assert writer.closed
+    if kind == "thread":
+        assert writer.batches == [[Entry("k", b"b")]]
+    else:
+        assert writer.submitted == [[], [Entry("k", b"b")]]
