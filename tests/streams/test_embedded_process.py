@@ -132,7 +132,7 @@ def test_a_writer_process_that_dies_fails_what_it_had_not_answered_and_is_replac
         assert child is not None
         os.kill(child.pid, signal.SIGSTOP)  # holds the next batch unanswered
         in_flight = asyncio.ensure_future(producer.put(Entry("k", b"in flight")))
-        await asyncio.sleep(0.2)
+        await wait_for(lambda: bool(writer._waiting))  # sent down the pipe, not answered
         assert not in_flight.done()
         os.kill(child.pid, signal.SIGKILL)
         with pytest.raises(Unavailable) as refused:
