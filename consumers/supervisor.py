@@ -16,18 +16,25 @@ What a group's thread guarantees, in order:
    settings — puts the group in ``paused``: nothing is settled or checkpointed, the error is
    logged, and the group is rebuilt (a new client, so new credentials are picked up) after
    ``PAUSE_FIRST_SECONDS``, doubling up to ``PAUSE_MAX_SECONDS``, until it runs.
-3. **Reload rebuilds.** ``reload(config)`` stops the groups gone from the config, rebuilds those
+3. **Outages and crashes restart, never stop.** A ``RetryableError`` that reaches the group
+   (the stream, the checkpoint store or the target's own store unreachable when it is built,
+   opened or read) or an unexpected exception (a bug, logged with its traceback) puts it in
+   ``restarting``: it is rebuilt after the same delays and goes on from its checkpoint, so
+   what was accepted meanwhile is delivered once it can be. Only a ``PermanentError`` (a
+   setting that can never work) leaves a group ``stopped`` until a reload or restart.
+4. **Reload rebuilds.** ``reload(config)`` stops the groups gone from the config, rebuilds those
    whose target, namespace or consumer settings changed (each finishes its batch in hand and
    checkpoints first; the new one resumes from that checkpoint), and starts the new ones. A
    change of stream, data folder or checkpoint store needs a restart: it is logged and the
    groups keep running as they are.
 
 ``health()`` reports each group's state (``starting``, ``standby``, ``running``, ``paused``,
-``stopped``) with its reason, for ``/readyz`` and the ``p13n_consumer_state`` metric.
+``restarting``, ``stopped``) with its reason, for ``/readyz`` and the ``p13n_consumer_state`` metric.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -47,7 +54,7 @@ from consumers.runner import ConsumerMetrics, GroupConsumer, RetryPolicy
 from consumers.targets import TargetContext, build_target
 from schemas.codec import Codec
 from schemas.config import Config, Namespace, TargetConfig
-from schemas.errors import ConfigError, OperatorError, P13nError, Unavailable
+from schemas.errors import ConfigError, OperatorError, P13nError, RetryableError, Unavailable
 from schemas.sources import ConfigHolder
 from streams.base import CheckpointStore, StreamReader
 from streams.checkpoints import GroupLock
@@ -58,7 +65,7 @@ log = logging.getLogger("p13n.consumers")
 PAUSE_FIRST_SECONDS = 1.0
 PAUSE_MAX_SECONDS = 15.0
 LOCK_RETRY_SECONDS = 1.0
-STATES = ("starting", "standby", "running", "paused", "stopped")
+STATES = ("starting", "standby", "running", "paused", "restarting", "stopped")
 # The sample project's configs name what to fill in as [REGION], [ACCOUNT], [TRACKING_ID]...
 # (upper case only, so an IPv6 host such as http://[::1]:8080 is not one).
 _PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_ -]*\]")
@@ -216,21 +223,31 @@ class ConsumerSet:
         codec = Codec.packaged()
         built = build_target(target, TargetContext(config, codec))
         policy = RetryPolicy.for_target(target, defaults)
-        return GroupConsumer(
-            target.group,
-            target.namespace,
-            built,
-            self._reader(config),
-            self._checkpoints(config),
-            dead_letter_store(target.dead_letter_uri or config.dead_letter_uri, config.data_dir),
-            codec,
-            kinds=built.kinds,
-            batch_size=target.batch_size or defaults.batch_size,
-            policy=policy,
-            poll_seconds=defaults.poll_interval_ms / 1000,
-            metrics=self.metrics,
-            stop=stop,
-        )
+        # A group that fails to build is rebuilt later: what was opened is closed, not leaked.
+        with contextlib.ExitStack() as opened:
+            reader = self._reader(config)
+            opened.callback(reader.close)
+            checkpoints = self._checkpoints(config)
+            opened.callback(checkpoints.close)
+            consumer = GroupConsumer(
+                target.group,
+                target.namespace,
+                built,
+                reader,
+                checkpoints,
+                dead_letter_store(
+                    target.dead_letter_uri or config.dead_letter_uri, config.data_dir
+                ),
+                codec,
+                kinds=built.kinds,
+                batch_size=target.batch_size or defaults.batch_size,
+                policy=policy,
+                poll_seconds=defaults.poll_interval_ms / 1000,
+                metrics=self.metrics,
+                stop=stop,
+            )
+            opened.pop_all()
+        return consumer
 
     # -- starting and stopping ----------------------------------------------------------------
 
@@ -402,17 +419,21 @@ class ConsumerSet:
         return True
 
     def _work(self, group: _Group) -> None:
+        """Build and run the group until it is stopped. An operator error pauses it, a
+        retryable error or a crash restarts it (after 1 s, doubling up to 15 s; back to 1 s
+        once it had run that long), a permanent error stops it."""
         delay = PAUSE_FIRST_SECONDS
         name = group.target.group
         while not group.stop.is_set():
             consumer: GroupConsumer | None = None
+            began = time.monotonic()
             try:
                 # A placeholder first (build refuses it): credentials would not fix that.
                 consumer = self.build(group.target, group.stop)
                 problem = missing_credentials(consumer.target, group.target, self.config)
                 if problem is not None:
                     raise problem
-                if group.state == "paused":
+                if group.state in ("paused", "restarting"):
                     log.info("consumer %s: resuming after %s", name, group.reason)
                 group.set("running")
                 consumer.run()
@@ -427,18 +448,30 @@ class ConsumerSet:
                         extra={"code": exc.code},
                     )
                 group.set("paused", exc.message)
-                if group.stop.wait(delay):
-                    return
-                delay = min(delay * 2, PAUSE_MAX_SECONDS)
+            except RetryableError as exc:
+                # The stream, the checkpoints or the target's own store did not answer (a
+                # locked or missing file, a network error): what is unsettled stays in the
+                # stream, and the rebuilt group goes on from the checkpoint.
+                if group.state != "restarting" or group.reason != exc.message:
+                    log.warning("consumer %s restarting: %s", name, exc.message)
+                group.set("restarting", exc.message)
             except P13nError as exc:
                 log.error("consumer %s stopped: %s", name, exc.message)
                 group.set("stopped", exc.message)
                 return
             except Exception as exc:
-                log.exception("consumer %s crashed", name)
-                group.set("stopped", f"crashed: {type(exc).__name__}")
-                return
+                # A bug: said loudly, then handled like an outage rather than leaving the
+                # group's records undelivered until someone restarts the process.
+                reason = f"crashed: {type(exc).__name__}: {exc}"
+                if group.state != "restarting" or group.reason != reason:
+                    log.exception("consumer %s crashed; restarting it", name)
+                group.set("restarting", reason)
             finally:
                 if consumer is not None:
                     consumer.reader.close()
                     consumer.checkpoints.close()
+            if time.monotonic() - began >= PAUSE_MAX_SECONDS:
+                delay = PAUSE_FIRST_SECONDS  # it ran for a while: a new spell of trouble
+            if group.stop.wait(delay):
+                return
+            delay = min(delay * 2, PAUSE_MAX_SECONDS)

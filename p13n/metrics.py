@@ -26,6 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from consumers.supervisor import STATES
 from streams.base import WriteStats
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -99,9 +100,6 @@ class RequestStats(Collector):
         yield cache
 
 
-CONSUMER_STATES = ("starting", "standby", "running", "paused", "stopped")
-
-
 class ConsumerStates(Collector):
     """``p13n_consumer_state{group, state}``: 1 for each group's current state, 0 for the
     others, read from the consumer set when scraped (nothing runs consumers: no series)."""
@@ -116,7 +114,7 @@ class ConsumerStates(Collector):
             labels=["group", "state"],
         )
         for group, health in sorted(self.source().items()):
-            for state in CONSUMER_STATES:
+            for state in STATES:
                 family.add_metric([group, state], 1.0 if health.get("state") == state else 0.0)
         yield family
 

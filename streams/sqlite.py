@@ -29,5 +29,6 @@ def connect(path: str) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
     except sqlite3.Error as exc:
-        raise Unavailable(f"cannot open the embedded stream at {path}: {exc}") from exc
+        # Shared by the log, the checkpoints and the stores: the path says which one it is.
+        raise Unavailable(f"cannot open {path}: {exc}") from exc
     return conn

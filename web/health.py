@@ -21,7 +21,8 @@ class Readiness:
     consumer groups this process runs are doing.
 
     503 only when the stream does not answer: events are then refused. A consumer group that is
-    paused (an operator error: AWS credentials, a placeholder in the config) or stopped makes
+    paused (an operator error: AWS credentials, a placeholder in the config), restarting (its
+    stream, checkpoints or store did not answer, or it crashed) or stopped makes
     the answer ``degraded`` with 200 — events are still taken and kept in the stream for it —
     and ``targets`` says which group and why.
     """
@@ -57,7 +58,9 @@ class Readiness:
             targets = self._consumers()
             body["targets"] = targets
             failing = sorted(
-                group for group, h in targets.items() if h["state"] in ("paused", "stopped")
+                group
+                for group, h in targets.items()
+                if h["state"] in ("paused", "restarting", "stopped")
             )
             if failing and self._problem is None:
                 body["status"] = "degraded"

@@ -578,7 +578,7 @@ def _schemas() -> dict[str, Any]:
                 "targets": {
                     "type": "object",
                     "description": "Consumer groups run by this process: state "
-                    "(starting, standby, running, paused, stopped), since, reason",
+                    "(starting, standby, running, paused, restarting, stopped), since, reason",
                     "additionalProperties": {"type": "object"},
                 },
             },

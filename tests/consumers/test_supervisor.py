@@ -3,22 +3,33 @@ detection, and the runner leaving a batch unsettled on an operator error."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from consumers import supervisor
 from consumers.deadletters import FileDeadLetterStore
 from consumers.runner import RetryPolicy
-from consumers.supervisor import find_placeholders, missing_credentials, placeholders
+from consumers.supervisor import (
+    ConsumerSet,
+    find_placeholders,
+    missing_credentials,
+    placeholders,
+)
 from consumers.targets import TargetContext, build_target
 from schemas.codec import Codec
-from schemas.config import TargetConfig, default_document, load_config
+from schemas.config import Config, TargetConfig, default_document, load_config
 from schemas.errors import OperatorError
+from schemas.interactions import store_path
 from streams.base import Entry
 from streams.checkpoints import GroupLock, SqliteCheckpointStore
-from streams.embedded import EmbeddedReader
+from streams.embedded import EmbeddedReader, EmbeddedWriter
 from tests.consumers.test_runner import FakeTarget, consumer, embedded, interaction
 from tests.fixtures.service import wait_until
 
@@ -157,3 +168,90 @@ def test_a_targets_own_bounds_win_over_the_consumer_block_and_ours_fill_in() -> 
     assert RetryPolicy.for_target(other, defaults).max_attempts == 3
     assert RetryPolicy.for_target(other, defaults).max_record_age_seconds == 6 * 3600
     assert load_config(default_document()).consumer.batch_size == 500
+
+
+# -- a group that cannot start, or crashes, is restarted and loses nothing -------------------
+
+
+def _interactions_config(tmp_path: Path) -> Config:
+    return load_config(
+        {
+            "namespaces": {
+                "shop": {"eventTargets": [{"type": "interactions", "name": "interactions"}]}
+            },
+            "stream": {"type": "embedded", "shards": 2},
+            "consumer": {"pollIntervalMs": 20},
+            "dataDir": str(tmp_path),
+        }
+    )
+
+
+def _stored(config: Config) -> list[str]:
+    path = store_path(config.data_dir)
+    if not os.path.isfile(path):
+        return []
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        try:
+            return [
+                row[0] for row in conn.execute("SELECT event_id FROM interactions ORDER BY ts_ms")
+            ]
+        except sqlite3.OperationalError:  # the table is not there yet
+            return []
+
+
+def test_a_group_whose_store_cannot_be_opened_restarts_until_it_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor, "PAUSE_FIRST_SECONDS", 0.05)
+    config = _interactions_config(tmp_path)
+    writer = EmbeddedWriter(config.stream_path(), shards=2)
+    writer.put_batch([Entry("s", interaction("s", n)) for n in range(10)])
+    # A directory where the store's file belongs: SQLite cannot open it.
+    blocked = Path(store_path(config.data_dir))
+    blocked.mkdir()
+    consumers = ConsumerSet(config)
+    consumers.start()
+    try:
+        health = wait_until(
+            lambda: (h := consumers.health()["shop/interactions"])["state"] == "restarting" and h,
+            what="the group restarting",
+        )
+        assert health["reason"].startswith(f"cannot open {blocked}")
+        writer.put_batch([Entry("s", interaction("s", n)) for n in range(10, 20)])
+        blocked.rmdir()
+        wait_until(lambda: len(_stored(config)) == 20, what="all 20 events stored")
+        assert _stored(config) == [f"s-{n}" for n in range(20)]
+        assert consumers.health()["shop/interactions"]["state"] == "running"
+    finally:
+        consumers.stop()
+        writer.close()
+
+
+def test_a_group_that_crashes_is_restarted_from_its_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor, "PAUSE_FIRST_SECONDS", 0.05)
+    config = _interactions_config(tmp_path)
+    writer = EmbeddedWriter(config.stream_path(), shards=2)
+    fixed = threading.Event()
+
+    def reader(config: Config) -> EmbeddedReader:
+        if not fixed.is_set():
+            raise RuntimeError("a bug in building the reader")
+        return EmbeddedReader(config.stream_path())
+
+    consumers = ConsumerSet(config, reader=reader)
+    consumers.start()
+    try:
+        health = wait_until(
+            lambda: (h := consumers.health()["shop/interactions"])["state"] == "restarting" and h,
+            what="the group restarting",
+        )
+        assert health["reason"] == "crashed: RuntimeError: a bug in building the reader"
+        writer.put_batch([Entry("s", interaction("s", n)) for n in range(5)])
+        fixed.set()
+        wait_until(lambda: len(_stored(config)) == 5, what="the events stored")
+        assert consumers.health()["shop/interactions"]["state"] == "running"
+    finally:
+        consumers.stop()
+        writer.close()
