@@ -29,7 +29,8 @@ What a group's thread guarantees, in order:
    groups keep running as they are.
 
 ``health()`` reports each group's state (``starting``, ``standby``, ``running``, ``paused``,
-``restarting``, ``stopped``) with its reason, for ``/readyz`` and the ``p13n_consumer_state`` metric.
+``restarting``, ``stopped``) with its reason, for ``/readyz`` and the ``p13n_consumer_state``
+metric.
 """
 
 from __future__ import annotations
