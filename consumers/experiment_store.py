@@ -161,13 +161,7 @@ class SqliteExperimentStore:
     def open(self) -> None:
         from streams.sqlite import connect
 
-        conn = connect(self.path)
-        try:
-            conn.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise Unavailable(f"cannot open the experiment store {self.path}: {exc}") from exc
-        self._conn = conn
+        self._conn = connect(self.path, SCHEMA)
 
     def add(self, events: Sequence[Count]) -> int:
         conn = self._conn

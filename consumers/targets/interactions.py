@@ -27,13 +27,7 @@ class InteractionsTarget:
         self._conn: sqlite3.Connection | None = None
 
     def open(self) -> None:
-        conn = connect(self._path)
-        try:
-            conn.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise Unavailable(f"interactions store cannot be opened: {exc}") from exc
-        self._conn = conn
+        self._conn = connect(self._path, SCHEMA)
 
     def deliver(self, batch: Sequence[Delivery]) -> Failures:
         if self._conn is None:

@@ -9,7 +9,9 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -199,12 +201,31 @@ def _stored(config: Config) -> list[str]:
             return []
 
 
-def test_a_group_whose_store_cannot_be_opened_restarts_until_it_can(
+def _restarting(consumers: ConsumerSet) -> dict[str, Any]:
+    """The interactions group's health once it shows ``restarting``."""
+    return wait_until(
+        lambda: (h := consumers.health()["shop/interactions"])["state"] == "restarting" and h,
+        what="the group restarting",
+    )
+
+
+@pytest.fixture
+def log_and_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> Iterator[tuple[EmbeddedWriter, Config]]:
+    """An embedded log and a config whose one target is ``interactions`` on it; restarts are
+    quick."""
     monkeypatch.setattr(supervisor, "PAUSE_FIRST_SECONDS", 0.05)
     config = _interactions_config(tmp_path)
     writer = EmbeddedWriter(config.stream_path(), shards=2)
+    yield writer, config
+    writer.close()
+
+
+def test_a_group_whose_store_cannot_be_opened_restarts_until_it_can(
+    log_and_config: tuple[EmbeddedWriter, Config],
+) -> None:
+    writer, config = log_and_config
     writer.put_batch([Entry("s", interaction("s", n)) for n in range(10)])
     # A directory where the store's file belongs: SQLite cannot open it.
     blocked = Path(store_path(config.data_dir))
@@ -212,10 +233,7 @@ def test_a_group_whose_store_cannot_be_opened_restarts_until_it_can(
     consumers = ConsumerSet(config)
     consumers.start()
     try:
-        health = wait_until(
-            lambda: (h := consumers.health()["shop/interactions"])["state"] == "restarting" and h,
-            what="the group restarting",
-        )
+        health = _restarting(consumers)
         assert health["reason"].startswith(f"cannot open {blocked}")
         writer.put_batch([Entry("s", interaction("s", n)) for n in range(10, 20)])
         blocked.rmdir()
@@ -224,15 +242,12 @@ def test_a_group_whose_store_cannot_be_opened_restarts_until_it_can(
         assert consumers.health()["shop/interactions"]["state"] == "running"
     finally:
         consumers.stop()
-        writer.close()
 
 
 def test_a_group_that_crashes_is_restarted_from_its_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    log_and_config: tuple[EmbeddedWriter, Config],
 ) -> None:
-    monkeypatch.setattr(supervisor, "PAUSE_FIRST_SECONDS", 0.05)
-    config = _interactions_config(tmp_path)
-    writer = EmbeddedWriter(config.stream_path(), shards=2)
+    writer, config = log_and_config
     fixed = threading.Event()
 
     def reader(config: Config) -> EmbeddedReader:
@@ -243,10 +258,7 @@ def test_a_group_that_crashes_is_restarted_from_its_checkpoint(
     consumers = ConsumerSet(config, reader=reader)
     consumers.start()
     try:
-        health = wait_until(
-            lambda: (h := consumers.health()["shop/interactions"])["state"] == "restarting" and h,
-            what="the group restarting",
-        )
+        health = _restarting(consumers)
         assert health["reason"] == "crashed: RuntimeError: a bug in building the reader"
         writer.put_batch([Entry("s", interaction("s", n)) for n in range(5)])
         fixed.set()
@@ -254,4 +266,3 @@ def test_a_group_that_crashes_is_restarted_from_its_checkpoint(
         assert consumers.health()["shop/interactions"]["state"] == "running"
     finally:
         consumers.stop()
-        writer.close()
