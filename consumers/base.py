@@ -85,3 +85,9 @@ class CallsAws(Protocol):
     archive calls AWS only for an ``s3://`` URI)."""
 
     calls_aws: bool
+
+
+# What a consumer group can be doing (``consumers.supervisor``, ``/readyz``,
+# ``p13n_consumer_state``): not running yet; waiting for another process's lock; delivering;
+# paused on an operator error; being rebuilt after an outage or a crash; stopped.
+GROUP_STATES = ("starting", "standby", "running", "paused", "restarting", "stopped")

@@ -66,7 +66,6 @@ log = logging.getLogger("p13n.consumers")
 PAUSE_FIRST_SECONDS = 1.0
 PAUSE_MAX_SECONDS = 15.0
 LOCK_RETRY_SECONDS = 1.0
-STATES = ("starting", "standby", "running", "paused", "restarting", "stopped")
 # The sample project's configs name what to fill in as [REGION], [ACCOUNT], [TRACKING_ID]...
 # (upper case only, so an IPv6 host such as http://[::1]:8080 is not one).
 _PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_ -]*\]")

@@ -26,7 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from consumers.supervisor import STATES
+from consumers.base import GROUP_STATES
 from streams.base import WriteStats
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -114,7 +114,7 @@ class ConsumerStates(Collector):
             labels=["group", "state"],
         )
         for group, health in sorted(self.source().items()):
-            for state in STATES:
+            for state in GROUP_STATES:
                 family.add_metric([group, state], 1.0 if health.get("state") == state else 0.0)
         yield family
 
