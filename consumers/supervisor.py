@@ -155,9 +155,13 @@ class _Group:
     reason: str | None = None
     since: float = field(default_factory=time.time)
 
-    def set(self, state: str, reason: str | None = None) -> None:
-        if (state, reason) != (self.state, self.reason):
-            self.state, self.reason, self.since = state, reason, time.time()
+    def set(self, state: str, reason: str | None = None) -> bool:
+        """Move to ``state``; True when that is a change (of state or of reason), which is
+        when it is worth a log line."""
+        if (state, reason) == (self.state, self.reason):
+            return False
+        self.state, self.reason, self.since = state, reason, time.time()
+        return True
 
 
 def _fingerprint(config: Config, target: TargetConfig) -> str:
@@ -439,7 +443,7 @@ class ConsumerSet:
                 consumer.run()
                 return
             except OperatorError as exc:
-                if group.state != "paused" or group.reason != exc.message:
+                if group.set("paused", exc.message):
                     log.error(
                         "consumer %s paused: %s; nothing is dead-lettered, the group retries "
                         "until this is fixed",
@@ -447,14 +451,12 @@ class ConsumerSet:
                         exc.message,
                         extra={"code": exc.code},
                     )
-                group.set("paused", exc.message)
             except RetryableError as exc:
                 # The stream, the checkpoints or the target's own store did not answer (a
                 # locked or missing file, a network error): what is unsettled stays in the
                 # stream, and the rebuilt group goes on from the checkpoint.
-                if group.state != "restarting" or group.reason != exc.message:
+                if group.set("restarting", exc.message):
                     log.warning("consumer %s restarting: %s", name, exc.message)
-                group.set("restarting", exc.message)
             except P13nError as exc:
                 log.error("consumer %s stopped: %s", name, exc.message)
                 group.set("stopped", exc.message)
@@ -462,10 +464,8 @@ class ConsumerSet:
             except Exception as exc:
                 # A bug: said loudly, then handled like an outage rather than leaving the
                 # group's records undelivered until someone restarts the process.
-                reason = f"crashed: {type(exc).__name__}: {exc}"
-                if group.state != "restarting" or group.reason != reason:
+                if group.set("restarting", f"crashed: {type(exc).__name__}: {exc}"):
                     log.exception("consumer %s crashed; restarting it", name)
-                group.set("restarting", reason)
             finally:
                 if consumer is not None:
                     consumer.reader.close()
