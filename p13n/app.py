@@ -40,6 +40,9 @@ from web.recommendations import routes as recommendation_routes
 
 log = logging.getLogger("p13n.app")
 
+# Allocations between two collections of the youngest generation (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 20_000
+
 
 def create_app(
     holder: ConfigHolder,
@@ -133,6 +136,13 @@ class _Service:
         # heap, 30-70 ms with the event loop stopped, every few thousand requests).
         gc.collect()
         gc.freeze()
+        # A request allocates a few dozen containers (dicts, lists, coroutines), nearly all
+        # freed by reference counting when it is answered. At CPython's default of 700
+        # allocations a young-generation collection then ran every dozen or so requests, each
+        # tracing the requests in flight; at 20,000 it runs every few hundred. Memory held
+        # meanwhile is bounded by the count, not the time: about 20,000 small objects.
+        # bench.ingest: the service's CPU per event 5-7% lower, as much as collection off.
+        gc.set_threshold(GC_YOUNG_THRESHOLD)
         log.info("p13n ready: %s", self.holder.current.summary(), extra={"pid": os.getpid()})
         warn_evidently(self.holder.current)
         warn_placeholders(self.holder.current)
