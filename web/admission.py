@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,10 +35,9 @@ class Admission:
         self.cors = cors
         self.keys = ApiKeys()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         config = self.config()
         if config.version is not None:
             send = _stamped(send, (VERSION_HEADER, config.version.encode("latin-1", "replace")))
@@ -48,9 +47,8 @@ class Admission:
         if refusal is None:
             refusal = self.keys.check(scope, config.auth)
         if refusal is not None:
-            await refusal(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+            return refusal(scope, receive, send)
+        return self.app(scope, receive, send)
 
     def _preflight(self, scope: Scope, config: Config) -> Response | None:
         """The answer to a CORS preflight (before API keys: preflights carry none), or None
@@ -69,10 +67,10 @@ class Admission:
 
 
 def _stamped(send: Send, header: tuple[bytes, bytes]) -> Send:
-    async def stamped_send(message: Message) -> None:
+    def stamped_send(message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             message["headers"] = [*message.get("headers", ()), header]
-        await send(message)
+        return send(message)
 
     return stamped_send
 

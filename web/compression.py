@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import zlib
-from collections.abc import Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -79,19 +79,17 @@ class Gzip:
         self.app = app
         self.config = config
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # not for HEAD: its answer has the headers of a body it does not carry
         if scope["type"] != "http" or scope["method"] == "HEAD":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         compression = self.config().compression
         accepted = False
         for name, value in scope["headers"]:
             if name == b"accept-encoding":
                 accepted = compression.enabled and accepts_gzip(value)
         if not accepted:
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         held: Message | None = None  # an answer start waiting for its body to be compressed
         length_at = 0  # where its content-length is
 
@@ -115,7 +113,7 @@ class Gzip:
                 await send(start)  # streamed: sent as it is
             await send(message)
 
-        await self.app(scope, receive, gzip_send)
+        return self.app(scope, receive, gzip_send)
 
 
 def _worth_gzip(headers: list[tuple[bytes, bytes]], minimum: int) -> int | None:

@@ -23,7 +23,7 @@ Starlette's ``CORSMiddleware`` cost 5-6 µs more (it builds ``Headers`` objects 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -106,10 +106,9 @@ class CorsHeaders:
         self.config = config
         self.policy = policy
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         origin: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"origin":
@@ -120,12 +119,11 @@ class CorsHeaders:
             if cors.enabled and cors.applies(scope["path"]):
                 extra = cors.answer_headers(origin)
         if not extra:
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
 
-        async def cors_send(message: Message) -> None:
+        def cors_send(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), *extra]
-            await send(message)
+            return send(message)
 
-        await self.app(scope, receive, cors_send)
+        return self.app(scope, receive, cors_send)

@@ -12,7 +12,7 @@ carries them like any other.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -97,11 +97,11 @@ class ErrorAnswers:
         scope["app"] = self
         started = False
 
-        async def tracked_send(message: Message) -> None:
+        def tracked_send(message: Message) -> Awaitable[None]:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, tracked_send)

@@ -11,6 +11,7 @@ the same way, then raised again for the server to log.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Protocol
 
 from starlette.requests import Request
@@ -48,11 +49,11 @@ class Observe:
         started = time.perf_counter()
         status: int | None = None  # until the answer starts
 
-        async def observed_send(message: Message) -> None:
+        def observed_send(message: Message) -> Awaitable[None]:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, observed_send)
