@@ -85,6 +85,8 @@ class AccessLog:
         self._size = 0
         self._second = -1
         self._second_text = ""
+        self._millis = -1
+        self._millis_text = ""
         self._timer_armed = False
 
     def write(self, entry: dict[str, Any]) -> None:
@@ -110,12 +112,16 @@ class AccessLog:
         self._append_line(self._encoder.encode(line) + b"\n")
 
     def _stamp(self) -> str:
-        now = time.time()
-        second = int(now)
+        millis = int(time.time() * 1000)
+        if millis == self._millis:  # a busy service answers several requests a millisecond
+            return self._millis_text
+        second, rest = divmod(millis, 1000)
         if second != self._second:  # strftime costs more than the rest of the line
             self._second = second
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._second_text}.{int(now % 1 * 1000):03d}Z"
+        self._millis = millis
+        self._millis_text = f"{self._second_text}.{rest:03d}Z"
+        return self._millis_text
 
     def _append(self, entry: dict[str, Any]) -> None:
         self._append_line(self._encoder.encode(entry) + b"\n")

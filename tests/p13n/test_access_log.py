@@ -1,5 +1,6 @@
 """Access log lines: the time stamp of each line is its own, to the millisecond, also when
-lines share a second (the formatted second is reused) and when the second changes."""
+lines share a second (the formatted second is reused) or a millisecond (the whole stamp is)
+and when the second changes."""
 
 from __future__ import annotations
 
@@ -12,21 +13,30 @@ from p13n import logs
 
 
 def test_each_line_has_its_own_utc_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    times = iter([1_700_000_000.0015, 1_700_000_000.999, 1_700_000_001.25, 1_700_000_061.5])
+    times = iter(
+        [
+            1_700_000_000.0015,
+            1_700_000_000.0018,
+            1_700_000_000.999,
+            1_700_000_001.25,
+            1_700_000_061.5,
+        ]
+    )
     monkeypatch.setattr(logs.time, "time", lambda: next(times))
     stream = io.StringIO()
     access = logs.AccessLog(stream=stream)
-    for status in (202, 400, 202, 503):
+    for status in (202, 429, 400, 202, 503):
         access.write({"message": f"POST /events/demo {status}", "status": status})
     access.flush()
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["time"] for line in lines] == [
         "2023-11-14T22:13:20.001Z",
+        "2023-11-14T22:13:20.001Z",
         "2023-11-14T22:13:20.999Z",
         "2023-11-14T22:13:21.250Z",
         "2023-11-14T22:14:21.500Z",
     ]
-    assert [line["status"] for line in lines] == [202, 400, 202, 503]
+    assert [line["status"] for line in lines] == [202, 429, 400, 202, 503]
     assert {line["logger"] for line in lines} == {"p13n.access"}
 
 
